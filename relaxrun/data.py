@@ -1,0 +1,121 @@
+"""Datasets held whole on the training device, batched by index, binarized on the device.
+
+torchvision's dataset classes read (and, when allowed, download) the IDX files; after that the
+split is one ``uint8`` tensor ``[N, 784]`` on the device. An epoch is a random permutation of
+indices; a batch is ``images[idx]`` turned into floats and binarized there:
+
+* ``dynamic`` -- every batch resampled as Bernoulli(pixel intensity) (the usual choice for
+  discrete-latent VAEs);
+* ``static`` -- intensity > 0.5;
+* ``none`` -- intensities in [0, 1].
+
+Evaluation data (test, validation) is binarized once with a seeded generator (``data.eval_seed``)
+so that every run of every method is scored on the same binary images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torchvision
+
+log = logging.getLogger(__name__)
+
+DATASETS = {
+    "mnist": torchvision.datasets.MNIST,
+    "fashion_mnist": torchvision.datasets.FashionMNIST,
+    "kmnist": torchvision.datasets.KMNIST,
+}
+
+
+class DataError(RuntimeError):
+    """The data files are absent, unreadable or corrupt (the message says which and where)."""
+
+
+def raw_folder(name: str, root: str) -> str:
+    return os.path.join(root, DATASETS[name].__name__, "raw")
+
+
+def raw_files(name: str) -> list[str]:
+    return [os.path.splitext(os.path.basename(url))[0] for url, _ in DATASETS[name].resources]
+
+
+def load_images(name: str, root: str, train: bool, download: bool) -> torch.Tensor:
+    """The split's images as ``uint8 [N, 784]`` on the CPU."""
+    cls = DATASETS[name]
+    folder = raw_folder(name, root)
+    files = raw_files(name)
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing and not download:
+        raise DataError(f"{name} files not found: put {', '.join(files)} in {os.path.abspath(folder)} "
+                        "(or set data.download=true)")
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):  # torchvision prints every mirror it tries
+            ds = cls(root, train=train, download=download and bool(missing))
+    except Exception as err:  # download failure (offline) or unreadable files
+        log.debug("torchvision said: %s", chatter.getvalue())
+        if missing:
+            raise DataError(f"{name} files not found and could not be downloaded: put {', '.join(files)} "
+                            f"in {os.path.abspath(folder)} (or point data.root at the folder holding "
+                            f"{cls.__name__}/raw)") from None
+        raise DataError(f"could not read {name} from {os.path.abspath(folder)}: {err}") from None
+    images = ds.data
+    if images.dtype != torch.uint8 or images.dim() != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{name} images in {os.path.abspath(folder)} have shape {tuple(images.shape)} and dtype "
+                        f"{images.dtype}; expected [N, 28, 28] uint8")
+    return images.reshape(images.shape[0], -1).contiguous()
+
+
+def binarize(batch_u8: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 pixels ``[B, D]`` -> float32 in {0, 1} (or [0, 1] for ``none``), on the same device."""
+    x = batch_u8.to(torch.float32).div_(255.0)
+    if mode == "dynamic":
+        return torch.bernoulli(x, generator=generator)
+    if mode == "static":
+        return (x > 0.5).to(torch.float32)
+    return x
+
+
+@dataclass
+class Data:
+    """Everything the loop needs: raw training images and fixed evaluation sets, all on ``device``."""
+
+    train: torch.Tensor  # uint8 [N, 784]
+    test: torch.Tensor  # float32 [M, 784], binarized once
+    val: torch.Tensor | None  # float32 [V, 784] or None
+    binarize: str
+
+    @property
+    def n_train(self) -> int:
+        return self.train.shape[0]
+
+    def batches(self, batch_size: int, generator: torch.Generator, start: int = 0, perm: torch.Tensor | None = None):
+        """Yield (perm, i, index tensor) over one epoch; ``perm`` may be given to resume mid-epoch."""
+        if perm is None:
+            perm = torch.randperm(self.n_train, generator=generator, device=generator.device)
+        for i in range(start, (self.n_train + batch_size - 1) // batch_size):
+            yield perm, i, perm[i * batch_size:(i + 1) * batch_size]
+
+    def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return binarize(self.train[idx], self.binarize, generator)
+
+
+def load_data(cfg, device: torch.device) -> Data:
+    """Load ``cfg.name`` from ``cfg.root``; split off ``cfg.val_size`` validation images."""
+    train = load_images(cfg.name, cfg.root, True, cfg.download)
+    test = load_images(cfg.name, cfg.root, False, cfg.download)
+    if cfg.val_size >= train.shape[0]:
+        raise DataError(f"data.val_size={cfg.val_size} leaves no training images (train has {train.shape[0]})")
+    g = torch.Generator().manual_seed(cfg.eval_seed)
+    test_bin = binarize(test, cfg.binarize if cfg.binarize != "dynamic" else "dynamic", g)
+    val = None
+    if cfg.val_size:
+        val = binarize(train[-cfg.val_size:], cfg.binarize, g).to(device)
+        train = train[:-cfg.val_size]
+    return Data(train=train.to(device), test=test_bin.to(device), val=val, binarize=cfg.binarize)

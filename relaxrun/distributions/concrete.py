@@ -1,0 +1,148 @@
+r"""Concrete / Gumbel-Softmax: the relaxed one-hot categorical (Jang et al. 2017; Maddison et al. 2017).
+
+With logits :math:`\ell \in \mathbb{R}^K` and temperature :math:`\tau > 0`,
+
+.. math::
+    g_k \sim \mathrm{Gumbel}(0, 1),\quad y_k = \frac{\ell_k + g_k}{\tau},\quad
+    z = \mathrm{softmax}(y),\quad \log z = y - \operatorname{logsumexp}(y).
+
+Density on the simplex (Maddison et al. 2017, eq. 1; w.r.t. Lebesgue measure on the first
+K-1 coordinates):
+
+.. math::
+    \log p(z) = \log\Gamma(K) + (K-1)\log\tau - \sum_k \log z_k
+               + \sum_k c_k - K \operatorname{logsumexp}_k c_k,\qquad c_k = \ell_k - \tau\log z_k.
+
+The last two terms are invariant to a common shift of ``c``, so they are computed after
+subtracting ``max c``: no cancellation between numbers of size ``tau * |log z|``. All terms use
+``log z``; for the tensor most recently returned by ``rsample`` the exact ``log z`` (from the
+Gumbel logits, never rounded to ``log 0``) is cached, so the density of the distribution's own
+float32 samples stays finite at small tau where ``z`` has entries that underflow to 0.
+
+Shapes: ``batch_shape = logits.shape[:-1]``, ``event_shape = (K,)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all, lazy_property
+
+from ._common import RelaxrunDistribution, check_positive, probs_or_logits
+
+__all__ = ["GumbelSoftmax", "concrete_log_prob_from_log_value", "sample_gumbel"]
+
+
+def sample_gumbel(shape, dtype, device, generator=None) -> torch.Tensor:
+    """Standard Gumbel noise -log(-log u), one independent draw per element."""
+    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    u = u.clamp_min(torch.finfo(dtype).tiny)
+    return -torch.log(-torch.log(u))
+
+
+def concrete_log_prob_from_log_value(log_z: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """log p(z) of Concrete(logits, tau) given log z (last dim = categories); sums over the event."""
+    k = log_z.shape[-1]
+    c = logits - temperature.unsqueeze(-1) * log_z
+    c = c - c.max(dim=-1, keepdim=True).values.detach()
+    return (
+        math.lgamma(k)
+        + (k - 1) * torch.log(temperature)
+        - log_z.sum(-1)
+        + c.sum(-1)
+        - k * torch.logsumexp(c, dim=-1)
+    )
+
+
+class GumbelSoftmax(RelaxrunDistribution):
+    """Relaxed one-hot categorical (Concrete) on the (K-1)-simplex.
+
+    Args:
+        temperature: tau > 0, broadcastable with ``batch_shape``.
+        probs: category probabilities (last dim K, non-negative, normalised); or
+        logits: unnormalised log-probabilities. Exactly one of the two.
+    """
+
+    arg_constraints = {
+        "probs": constraints.simplex,
+        "logits": constraints.real_vector,
+        "temperature": constraints.positive,
+    }
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        name, param = probs_or_logits(probs, logits, "GumbelSoftmax", is_binary=False)
+        if param.dim() < 1:
+            raise ValueError("GumbelSoftmax: probs/logits must have at least one dimension (the K categories)")
+        if name == "probs":
+            if validate_args is not False and torch.isfinite(param).all() and not bool((param >= 0).all()):
+                raise ValueError("GumbelSoftmax: probs must be non-negative and sum to 1 along the last dimension")
+            param = param / param.sum(-1, keepdim=True)
+        else:
+            param = param - param.logsumexp(-1, keepdim=True)
+        temperature = check_positive(temperature, "temperature", "GumbelSoftmax", like=param,
+                                     validate=validate_args is not False)
+        batch_shape = param.shape[:-1]
+        temperature = temperature.expand(torch.broadcast_shapes(temperature.shape, batch_shape))
+        batch_shape = temperature.shape
+        self.temperature = temperature
+        setattr(self, name, param.expand(batch_shape + param.shape[-1:]))
+        self._cache = None
+        super().__init__(batch_shape, param.shape[-1:], validate_args=validate_args)
+
+    @lazy_property
+    def logits(self) -> torch.Tensor:
+        eps = torch.finfo(self.probs.dtype).tiny
+        return torch.log(self.probs.clamp_min(eps))
+
+    @lazy_property
+    def probs(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=-1)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(GumbelSoftmax, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.temperature = self.temperature.expand(batch_shape)
+        for name in ("probs", "logits"):
+            if name in self.__dict__:
+                setattr(new, name, getattr(self, name).expand(batch_shape + self.event_shape))
+        new._cache = None
+        super(GumbelSoftmax, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample_log(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        """Differentiable sample of log z = log_softmax((logits + g) / tau)."""
+        shape = self._extended_shape(sample_shape)
+        g = sample_gumbel(shape, self.logits.dtype, self.logits.device, generator)
+        y = (self.logits + g) / self.temperature.unsqueeze(-1)
+        return torch.log_softmax(y, dim=-1)
+
+    def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        log_z = self.rsample_log(sample_shape, generator)
+        z = log_z.exp()
+        self._cache = (z, log_z)
+        return z
+
+    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def log_prob_log_value(self, log_z: torch.Tensor) -> torch.Tensor:
+        """log p(z) computed from log z (exact where z itself would underflow)."""
+        return concrete_log_prob_from_log_value(log_z, self.logits, self.temperature)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._cache is not None and value is self._cache[0]:
+            log_z = self._cache[1]
+        else:
+            if self._validate_args:
+                self._validate_sample(value)
+            log_z = torch.log(value.clamp_min(torch.finfo(value.dtype).tiny))
+        return self.log_prob_log_value(log_z)
+
+    def __repr__(self):
+        return f"GumbelSoftmax(temperature: {tuple(self.temperature.shape)}, logits: {tuple(self.logits.shape)})"
