@@ -148,7 +148,7 @@ def train(cfg, run_dir: str | os.PathLike) -> dict:
             "method": mcfg.name, "model_shape": _model_shape(model), "config": json.dumps(resolved),
         })
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step else None)
     tau = temperature(tr, mcfg.tau, step)
     last_logged_tau = None
     metrics: dict = {}
