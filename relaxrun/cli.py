@@ -118,12 +118,16 @@ def _run_dir() -> Path:
 @hydra.main(config_path="pkg://relaxrun.configs", config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig):
     from .data import DataError
-    from .train import TrainingError, train
+    from .train import Interrupted, TrainingError, train
 
     run_dir = _run_dir()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return train(cfg, run_dir)
+    except Interrupted as err:
+        log.warning("%s", err)
+        print(f"relaxrun: {err}", file=sys.stderr)
+        raise SystemExit(128 + err.signum)
     except (ConfigError, DataError, TrainingError) as err:
         message = str(err)
         trace = None

@@ -125,6 +125,16 @@ class EvalConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    grad_every: int = 0
+    grad_samples: int = 10
+
+    def __post_init__(self):
+        at_least("diagnostics.grad_every", self.grad_every, 0)
+        at_least("diagnostics.grad_samples", self.grad_samples, 2)
+
+
+@dataclass
 class RunConfig:
     method: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -132,6 +142,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     tau: float = 1.0
     seed: int = 0
     device: str = "auto"

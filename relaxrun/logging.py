@@ -8,6 +8,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchvision.utils import make_grid
 
+from .evaluate import seeded
 from .models import VAE
 
 
@@ -16,8 +17,14 @@ def _images(flat: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_images(writer: SummaryWriter, model: VAE, x: torch.Tensor, tau: float, step: int, n: int = 16) -> None:
-    """Test digits (top row) above their reconstructions, and decoded prior samples."""
+def log_images(writer: SummaryWriter, model: VAE, x: torch.Tensor, tau: float, step: int, n: int = 16,
+               seed: int = 0) -> None:
+    """Test digits (top row) above their reconstructions, and decoded prior samples (forked RNG)."""
+    with seeded(seed, x.device):
+        _log_images(writer, model, x, tau, step, n)
+
+
+def _log_images(writer, model, x, tau, step, n):
     was_training = model.training
     model.eval()
     x = x[:n]

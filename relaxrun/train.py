@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -95,7 +96,13 @@ def flat_hparams(run, mcfg) -> dict:
 
 
 def train(cfg, run_dir: str | os.PathLike) -> dict:
-    """Train one run described by the composed config ``cfg`` in ``run_dir``; returns the metrics."""
+    """Train one run described by the composed config ``cfg`` in ``run_dir``; returns the metrics.
+
+    Deterministic on the CPU for a given seed: the data order, the binarization and the method's
+    noise come from RNGs whose states are checkpointed, and evaluation, image grids and gradient
+    diagnostics draw from forked RNGs, so an interrupted and resumed run ends with the same
+    parameters and metrics as an uninterrupted one.
+    """
     run, mcfg = validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,60 +119,70 @@ def train(cfg, run_dir: str | os.PathLike) -> dict:
     method = build_method(mcfg)
     model = build_model(run.model, method).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay)
+    step_fn = model.loss
+    if run.trainer.compile:
+        step_fn = torch.compile(model.loss)
     tr = run.trainer
     steps_per_epoch = math.ceil(data.n_train / tr.batch_size)
     total_steps = steps_per_epoch * tr.epochs
     if tr.max_steps:
         total_steps = min(total_steps, tr.max_steps)
 
-    step, epoch, start_batch, perm = 0, 0, 0, None
-    history: list[dict] = []
-    best_val, bad_epochs, elapsed = math.inf, 0, 0.0
+    st = {"step": 0, "epoch": 0, "batch": 0, "perm": None, "history": [], "best_val": math.inf,
+          "bad_epochs": 0, "elapsed": 0.0, "epoch_sum": [0.0, 0.0, 0.0], "epoch_n": 0}
     ckpt_path = run_dir / CHECKPOINT
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if run.resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
         if ck.get("method") != mcfg.name or ck.get("model_shape") != _model_shape(model):
             raise TrainingError(f"checkpoint {ckpt_path} is from method {ck.get('method')!r} with another model; "
-                                "resume needs the same method and model options")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        step, epoch, start_batch = ck["step"], ck["epoch"], ck["batch"]
-        perm = ck["perm"].to(device) if ck["perm"] is not None else None
-        history, best_val, bad_epochs, elapsed = ck["history"], ck["best_val"], ck["bad_epochs"], ck["elapsed"]
-        _set_rng_state(gens, ck["rng"])
-        log.info("resuming from %s at epoch %d, step %d", ckpt_path, epoch + 1, step)
+                                "resume needs the same method and model options (the checkpoint is left as it is)")
+        try:
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            _set_rng_state(gens, ck["rng"])
+            st = ck["state"]
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise TrainingError(f"checkpoint {ckpt_path} does not match this run ({type(err).__name__}: {err}); "
+                                "it is left as it is") from None
+        if st["perm"] is not None:
+            st["perm"] = st["perm"].to(device)
+        log.info("resuming from %s at epoch %d, step %d", ckpt_path, st["epoch"] + 1, st["step"])
     elif run.resume:
         log.warning("resume=true but %s does not exist: starting from scratch", ckpt_path)
 
-    def checkpoint(batch: int, current_perm) -> None:
+    def checkpoint() -> None:
+        state = dict(st, perm=None if st["perm"] is None else st["perm"].cpu())
         save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "epoch": epoch, "batch": batch,
-            "perm": None if current_perm is None else current_perm.cpu(),
-            "rng": _rng_state(gens), "history": history, "best_val": best_val,
-            "bad_epochs": bad_epochs, "elapsed": elapsed,
-            "method": mcfg.name, "model_shape": _model_shape(model), "config": json.dumps(resolved),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(gens),
+            "state": state, "method": mcfg.name, "model_shape": _model_shape(model),
+            "config": json.dumps(resolved),
         })
 
+    step = st["step"]
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step else None)
     tau = temperature(tr, mcfg.tau, step)
     last_logged_tau = None
-    metrics: dict = {}
+    stop_signal: list[int] = []
+    handlers = _install_signal_handlers(stop_signal)
+    diag = run.diagnostics
+    bar = tqdm(total=total_steps, initial=step, disable=not tr.progress, desc=mcfg.name, unit="step",
+               dynamic_ncols=True)
     try:
-        bar = tqdm(total=total_steps, initial=step, disable=not tr.progress, desc=f"{mcfg.name}", unit="step",
-                   dynamic_ncols=True)
         stop = step >= total_steps
-        while not stop and epoch < tr.epochs:
+        while not stop and st["epoch"] < tr.epochs:
             t_epoch = time.perf_counter()
             run_loss = torch.zeros(3, device=device)
             run_n = 0
-            epoch_sum = torch.zeros(3, device=device)
-            epoch_n = 0
-            for perm, i, idx in data.batches(tr.batch_size, gens["data"], start_batch, perm):
+            epoch_sum = torch.tensor(st["epoch_sum"], device=device)
+            for perm, i, idx in data.batches(tr.batch_size, gens["data"], st["batch"], st["perm"]):
+                st["perm"] = perm
                 x = data.train_batch(idx, gens["binarize"])
                 tau = temperature(tr, mcfg.tau, step)
-                terms = model.loss(x, tau)
+                if diag.grad_every and step % diag.grad_every == 0:
+                    for k, v in gradient_statistics(model, x, tau, diag.grad_samples, run.seed + step).items():
+                        writer.add_scalar(f"grad/{k}", v, step)
+                terms = step_fn(x, tau)
                 optimizer.zero_grad(set_to_none=True)
                 terms.loss.backward()
                 if tr.grad_clip:
@@ -176,91 +193,171 @@ def train(cfg, run_dir: str | os.PathLike) -> dict:
                 run_loss += parts
                 epoch_sum += parts
                 run_n += 1
-                epoch_n += 1
+                st.update(step=step, batch=i + 1, epoch_n=st["epoch_n"] + 1)
                 if tau != last_logged_tau:
                     writer.add_scalar("train/tau", tau, step)
                     last_logged_tau = tau
                 if step % tr.log_every == 0 or step == total_steps:
                     avg = (run_loss / run_n).tolist()  # one host sync per log interval, not per step
-                    if not all(map(math.isfinite, avg)):
-                        raise TrainingError(f"non-finite loss at step {step} (method {mcfg.name}); "
-                                            f"the last good checkpoint is {ckpt_path}")
-                    writer.add_scalar("train/loss", avg[0], step)
-                    writer.add_scalar("train/recon", avg[1], step)
-                    writer.add_scalar("train/kl", avg[2], step)
+                    _check_finite(avg, step, mcfg.name, ckpt_path)
+                    for name, v in zip(("loss", "recon", "kl"), avg):
+                        writer.add_scalar(f"train/{name}", v, step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
                     bar.set_postfix(loss=f"{avg[0]:.2f}", tau=f"{tau:.3g}")
                     run_loss.zero_()
                     run_n = 0
                 bar.update(1)
+                if stop_signal:
+                    st["epoch_sum"] = epoch_sum.tolist()
+                    st["elapsed"] += time.perf_counter() - t_epoch
+                    _check_finite(st["epoch_sum"], step, mcfg.name, ckpt_path, model)
+                    checkpoint()
+                    raise Interrupted(stop_signal[0], step, run_dir)
                 if step >= total_steps:
                     stop = True
                     break
-            finished_epoch = not stop or i == steps_per_epoch - 1
-            elapsed += time.perf_counter() - t_epoch
-            train_avg = (epoch_sum / max(epoch_n, 1)).tolist()
-            if not all(map(math.isfinite, train_avg)):
-                raise TrainingError(f"non-finite loss in epoch {epoch + 1} (step {step}, method {mcfg.name}); "
-                                    f"the last good checkpoint is {ckpt_path}")
+            finished_epoch = st["batch"] >= steps_per_epoch
+            st["elapsed"] += time.perf_counter() - t_epoch
+            train_avg = (epoch_sum / max(st["epoch_n"], 1)).tolist()
+            _check_finite(train_avg, step, mcfg.name, ckpt_path, model)
             test = evaluate(model, data.test, tau, tr.eval_batch_size, seed=run.data.eval_seed)
-            record = {"epoch": epoch + 1, "step": step, "tau": tau, "train_objective": train_avg[0],
+            record = {"epoch": st["epoch"] + 1, "step": step, "tau": tau, "train_objective": train_avg[0],
                       "test_neg_elbo": test["neg_elbo"], "test_relaxed_objective": test["relaxed_objective"],
-                      "seconds": elapsed}
+                      "seconds": st["elapsed"]}
             for k, v in test.items():
                 writer.add_scalar(f"test/{k}", v, step)
             if data.val is not None:
                 val = evaluate(model, data.val, tau, tr.eval_batch_size, seed=run.data.eval_seed)
                 record["val_neg_elbo"] = val["neg_elbo"]
                 writer.add_scalar("val/neg_elbo", val["neg_elbo"], step)
-                if val["neg_elbo"] < best_val - 1e-6:
-                    best_val, bad_epochs = val["neg_elbo"], 0
+                if val["neg_elbo"] < st["best_val"] - 1e-6:
+                    st["best_val"], st["bad_epochs"] = val["neg_elbo"], 0
                 else:
-                    bad_epochs += 1
-            log_images(writer, model, data.test, tau, step, tr.images)
-            history.append(record)
+                    st["bad_epochs"] += 1
+            log_images(writer, model, data.test, tau, step, tr.images, seed=run.data.eval_seed)
+            st["history"].append(record)
             log.info("epoch %d  step %d  tau %.3g  train objective %.2f  test -ELBO (%s) %.2f  relaxed %.2f  %.1fs",
-                     epoch + 1, step, tau, train_avg[0], method.metric_kind, test["neg_elbo"],
-                     test["relaxed_objective"], elapsed)
+                     st["epoch"] + 1, step, tau, train_avg[0], method.metric_kind, test["neg_elbo"],
+                     test["relaxed_objective"], st["elapsed"])
             if finished_epoch:
-                epoch, start_batch, perm = epoch + 1, 0, None
-                checkpoint(0, None)
+                st.update(epoch=st["epoch"] + 1, batch=0, perm=None, epoch_sum=[0.0, 0.0, 0.0], epoch_n=0)
             else:
-                checkpoint(i + 1, perm)
+                st["epoch_sum"] = epoch_sum.tolist()
+            checkpoint()
             writer.flush()
-            if tr.patience and data.val is not None and bad_epochs >= tr.patience:
-                log.info("early stopping: validation -ELBO has not improved for %d epochs", bad_epochs)
+            if tr.patience and data.val is not None and st["bad_epochs"] >= tr.patience:
+                log.info("early stopping: validation -ELBO has not improved for %d epochs", st["bad_epochs"])
                 break
         bar.close()
 
+        history = st["history"]
         final = history[-1] if history else {}
+        epochs_done = st["epoch"]
         metrics = {
             "test_neg_elbo": final.get("test_neg_elbo"),
             "test_neg_elbo_kind": method.metric_kind,
             "test_relaxed_objective": final.get("test_relaxed_objective"),
             "train_objective": final.get("train_objective"),
-            "epochs": epoch, "steps": step, "tau": tau,
-            "seconds": elapsed, "seconds_per_epoch": elapsed / max(epoch, 1),
+            "epochs": epochs_done, "steps": step, "tau": tau,
+            "seconds": st["elapsed"], "seconds_per_epoch": st["elapsed"] / max(epochs_done, 1),
             "device": str(device), "torch": torch.__version__, "host": platform.node(),
             "method": mcfg.name, "history": history,
         }
         if run.eval.iwae_samples and history:
-            metrics["test_iwae"] = iwae_bound(model, data.test, tau, run.eval.iwae_samples, run.eval.iwae_batch,
-                                              seed=run.data.eval_seed)
-            metrics["iwae_samples"] = run.eval.iwae_samples
-            writer.add_scalar("test/iwae", metrics["test_iwae"], step)
+            try:
+                metrics["test_iwae"] = iwae_bound(model, data.test, tau, run.eval.iwae_samples, run.eval.iwae_batch,
+                                                  seed=run.data.eval_seed)
+                metrics["iwae_samples"] = run.eval.iwae_samples
+                writer.add_scalar("test/iwae", metrics["test_iwae"], step)
+            except NotImplementedError as err:
+                log.info("%s", err)
         final_metrics = {f"final/{k}": metrics[k] for k in ("test_neg_elbo", "test_relaxed_objective",
                                                           "train_objective", "seconds_per_epoch", "test_iwae")
                          if metrics.get(k) is not None}
         log_hparams(writer, flat_hparams(run, mcfg), final_metrics, step)
         metrics["config"] = resolved
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        log.info("done: test -ELBO (%s) %.2f nats, relaxed objective %.2f; metrics in %s", method.metric_kind,
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        log.info("done: test -ELBO (%s) %.2f nats, relaxed objective %.2f%s; metrics in %s", method.metric_kind,
                  metrics["test_neg_elbo"] or float("nan"), metrics["test_relaxed_objective"] or float("nan"),
+                 f", IWAE-{run.eval.iwae_samples} {metrics['test_iwae']:.2f}" if "test_iwae" in metrics else "",
                  run_dir / "metrics.json")
         return metrics
     finally:
+        bar.close()
+        _restore_signal_handlers(handlers)
         writer.flush()
         writer.close()
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM during training: a checkpoint was written; the message says how to resume."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint written. "
+                         f"Resume with the same overrides plus: resume=true hydra.run.dir={run_dir}")
+
+
+def _install_signal_handlers(flag: list[int]):
+    """SIGINT/SIGTERM set ``flag``; the loop checkpoints after the current step and stops."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        if flag:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        flag.append(signum)
+
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        old[s] = signal.signal(s, handler)
+    return old
+
+
+def _restore_signal_handlers(old) -> None:
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _check_finite(values, step: int, method: str, ckpt_path: Path, model=None) -> None:
+    if not all(map(math.isfinite, values)):
+        raise TrainingError(f"non-finite loss at step {step} (method {method}); stopped. The last good "
+                            f"checkpoint is {ckpt_path}; try a smaller optim.lr or trainer.grad_clip")
+    if model is not None:
+        for name, p in model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingError(f"non-finite parameter {name} at step {step} (method {method}); stopped. "
+                                    f"The last good checkpoint is {ckpt_path}; try trainer.grad_clip")
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def gradient_statistics(model, x: torch.Tensor, tau: float, samples: int, seed: int) -> dict[str, float]:
+    """Variance and SNR of the encoder gradient over ``samples`` latent draws on one batch.
+
+    ``variance`` is the mean over encoder parameters of the per-coordinate variance across draws;
+    ``snr`` is the mean over coordinates of |mean| / std. Uses a forked RNG, so training is unchanged.
+    """
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    grads = []
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _ in range(samples):
+            loss = model.loss(x, tau).loss
+            g = torch.autograd.grad(loss, enc, allow_unused=True)
+            grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
+                                    for gi, p in zip(g, enc)]))
+    G = torch.stack(grads)
+    mean, std = G.mean(0), G.std(0)
+    snr = (mean.abs() / std.clamp_min(1e-12))[std > 0]
+    return {"variance": float(G.var(0).mean()), "snr": float(snr.mean()) if snr.numel() else float("nan"),
+            "mean_norm": float(mean.norm())}
 
 
 def _model_shape(model) -> dict:

@@ -40,7 +40,7 @@ def test_train_logs_checkpoints_and_resumes(relaxrun_exe, mnist_root, tmp_path):
         assert metrics[key] is not None, key
     assert metrics["config"]["method"]["tau"] == 0.5
     ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert ck["step"] == 12 and ck["epoch"] == 2
+    assert ck["state"]["step"] == 12 and ck["state"]["epoch"] == 2
 
     acc = events(run_dir)
     tags = acc.Tags()
