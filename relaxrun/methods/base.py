@@ -76,7 +76,8 @@ class Terms(NamedTuple):
 
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x | z) of independent Bernoulli pixels, summed over the last dim: ``[..., D] -> [...]``."""
-    return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    logits, x = torch.broadcast_tensors(logits, x)
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 def bernoulli_kl(logits_q: torch.Tensor, logits_p: torch.Tensor | float) -> torch.Tensor:
