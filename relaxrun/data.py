@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,24 @@ def raw_files(name: str) -> list[str]:
     return [os.path.splitext(os.path.basename(url))[0] for url, _ in DATASETS[name].resources]
 
 
+def check_idx(path: str) -> None:
+    """Raise DataError naming ``path`` unless it is a complete uint8 IDX file (images 3-d, labels 1-d)."""
+    expected_dims = 3 if "images" in os.path.basename(path) else 1
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * expected_dims)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] != expected_dims:
+        raise DataError(f"{path} is not a uint8 IDX file with {expected_dims} dimension(s) "
+                        f"(magic number {head[:4].hex() or 'missing'}, expected 000008{expected_dims:02x})")
+    if len(head) < 4 + 4 * expected_dims:
+        raise DataError(f"{path} is truncated (header incomplete)")
+    dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(expected_dims)]
+    want = 4 + 4 * expected_dims + math.prod(dims)
+    if size != want:
+        raise DataError(f"{path} is {'truncated' if size < want else 'too long'}: {size} bytes where its header "
+                        f"({' x '.join(map(str, dims))}) needs {want}")
+
+
 def load_images(name: str, root: str, train: bool, download: bool) -> torch.Tensor:
     """The split's images as ``uint8 [N, 784]`` on the CPU."""
     cls = DATASETS[name]
@@ -54,6 +73,9 @@ def load_images(name: str, root: str, train: bool, download: bool) -> torch.Tens
     if missing and not download:
         raise DataError(f"{name} files not found: put {', '.join(files)} in {os.path.abspath(folder)} "
                         "(or set data.download=true)")
+    if not missing:
+        for f in files:
+            check_idx(os.path.join(folder, f))
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter):  # torchvision prints every mirror it tries
