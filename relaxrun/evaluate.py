@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if not ckpt.exists():
             raise ConfigError(f"no checkpoint at {ckpt}")
         ck = load_checkpoint(ckpt)
+        if not all(k in ck for k in ("config", "model", "state")):
+            raise TrainingError(f"{ckpt} is not a relaxrun checkpoint of this version (missing "
+                                f"{', '.join(k for k in ('config', 'model', 'state') if k not in ck)})")
         cfg = OmegaConf.create(json.loads(ck["config"]))
         bad = [o for o in args.overrides if "=" not in o]
         if bad:
