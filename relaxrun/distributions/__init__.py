@@ -1,0 +1,16 @@
+"""Distributions for discrete latents and their relaxations, as torch.distributions subclasses."""
+
+from .binary_concrete import RelaxedBernoulli
+from .concrete import GumbelSoftmax
+from .correlated_bernoulli import (CorrelatedRelaxedBernoulli, correlation_cholesky_from_params, equicorrelation,
+                                   identity_correlation, num_correlation_params)
+from .hard_concrete import HardConcrete
+from .stochastic_gates import StochasticGate
+from .stochastic_times_smooth import StochasticTimesSmooth
+from .straight_through import StraightThroughBernoulli
+
+__all__ = [
+    "RelaxedBernoulli", "GumbelSoftmax", "HardConcrete", "StochasticGate", "StraightThroughBernoulli",
+    "StochasticTimesSmooth", "CorrelatedRelaxedBernoulli", "identity_correlation", "equicorrelation",
+    "correlation_cholesky_from_params", "num_correlation_params",
+]

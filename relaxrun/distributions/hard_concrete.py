@@ -1,0 +1,152 @@
+r"""Hard Concrete (Louizos, Welling, Kingma 2018, "Learning Sparse Neural Networks through L0
+Regularization", ICLR).
+
+A Binary Concrete sample with location ``log_alpha`` and temperature ``beta`` is stretched to
+(l, r) and clamped to [0, 1]:
+
+.. math::
+    u \sim U(0,1),\quad s = \sigma\!\left(\frac{\log u - \log(1-u) + \log\alpha}{\beta}\right),\quad
+    \bar s = s\,(r - l) + l,\quad z = \min(1, \max(0, \bar s)).
+
+Defaults follow the paper: beta = 2/3, (l, r) = (-0.1, 1.1). With the Binary Concrete CDF
+:math:`Q(s) = \sigma(\beta\,\mathrm{logit}(s) - \log\alpha)` the law of z is mixed:
+
+.. math::
+    P(z = 0) = Q\!\left(\tfrac{-l}{r-l}\right) = \sigma\!\left(\beta\log\tfrac{-l}{r} - \log\alpha\right),\qquad
+    P(z = 1) = 1 - Q\!\left(\tfrac{1-l}{r-l}\right) = \sigma\!\left(\log\alpha - \beta\log\tfrac{1-l}{r-1}\right),
+
+and for 0 < z < 1 the stretched Binary Concrete density
+:math:`p(z) = q_{BC}\big((z - l)/(r - l)\big) / (r - l)`. The L0 penalty of the paper (eq. 12) is
+:math:`P(z \neq 0) = \sigma(\log\alpha - \beta\log(-l/r))` (:meth:`HardConcrete.prob_nonzero`).
+
+``log_prob`` returns the log atom mass at exactly 0 or 1 and the log density inside (dominating
+measure: Lebesgue on (0, 1) plus unit point masses at 0 and 1), so ``q.log_prob(z) - p.log_prob(z)``
+for ``z ~ q`` is an unbiased single-sample estimate of KL(q || p) between two Hard Concretes.
+Inside (0, 1) the pre-stretch value s stays in (-l/(r-l), (1-l)/(r-l)) = (1/12, 11/12) for the
+defaults, so its logit is well conditioned and no sample cache is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Number
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all
+
+from ._common import RelaxrunDistribution, as_tensor, check_positive, logit
+from .binary_concrete import binary_concrete_logit_log_prob, sample_logistic
+
+__all__ = ["HardConcrete"]
+
+
+class HardConcrete(RelaxrunDistribution):
+    """Stretched-and-clamped Binary Concrete on [0, 1] with atoms at 0 and 1.
+
+    Args:
+        log_alpha: location log(alpha) (any finite real); ``logits`` is an alias property.
+        beta: temperature > 0 (default 2/3; number or tensor, learnable if it requires grad).
+        l: lower stretch limit, a number < 0 (default -0.1).
+        r: upper stretch limit, a number > 1 (default 1.1).
+
+    Shapes: ``batch_shape`` is the broadcast shape of ``log_alpha`` and ``beta``; ``event_shape`` is
+    ``()``; ``rsample(sample_shape)`` returns ``sample_shape + batch_shape`` with an independent
+    uniform for every element.
+    """
+
+    arg_constraints = {"log_alpha": constraints.real, "beta": constraints.positive}
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(self, log_alpha, beta=2.0 / 3.0, l=-0.1, r=1.1, validate_args=None):
+        name = "HardConcrete"
+        for arg, val, ok, rng in (("l", l, lambda v: v < 0, "< 0"), ("r", r, lambda v: v > 1, "> 1")):
+            if not isinstance(val, Number) or isinstance(val, bool) or not math.isfinite(val) or not ok(val):
+                raise ValueError(f"{name}: {arg} must be a finite number {rng}; got {val!r}")
+        log_alpha = as_tensor(log_alpha, name="log_alpha", dist=name)
+        beta = check_positive(beta, "beta", name, like=log_alpha, validate=validate_args is not False)
+        self.log_alpha, self.beta = broadcast_all(log_alpha, beta)
+        self.l, self.r = float(l), float(r)
+        super().__init__(self.log_alpha.shape, validate_args=validate_args)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Alias of ``log_alpha`` (the Binary Concrete logits before stretching)."""
+        return self.log_alpha
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """Alias of ``beta``."""
+        return self.beta
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(HardConcrete, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.log_alpha = self.log_alpha.expand(batch_shape)
+        new.beta = self.beta.expand(batch_shape)
+        new.l, new.r = self.l, self.r
+        super(HardConcrete, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    # -- sampling -------------------------------------------------------------------------------
+    def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        noise = sample_logistic(shape, self.log_alpha.dtype, self.log_alpha.device, generator)
+        s = torch.sigmoid((self.log_alpha + noise) / self.beta)
+        return torch.clamp(s * (self.r - self.l) + self.l, 0.0, 1.0)
+
+    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    # -- the law --------------------------------------------------------------------------------
+    def _gap0(self) -> torch.Tensor:
+        # log_alpha - beta * logit(-l/(r-l));  logit(-l/(r-l)) = log(-l/r)
+        return self.log_alpha - self.beta * math.log(-self.l / self.r)
+
+    def _gap1(self) -> torch.Tensor:
+        # log_alpha - beta * logit((1-l)/(r-l));  logit((1-l)/(r-l)) = log((1-l)/(r-1))
+        return self.log_alpha - self.beta * math.log((1 - self.l) / (self.r - 1))
+
+    def log_prob_zero(self) -> torch.Tensor:
+        """log P(z = 0) = log sigmoid(beta log(-l/r) - log_alpha), shape ``batch_shape``."""
+        return F.logsigmoid(-self._gap0())
+
+    def log_prob_one(self) -> torch.Tensor:
+        """log P(z = 1) = log sigmoid(log_alpha - beta log((1-l)/(r-1))), shape ``batch_shape``."""
+        return F.logsigmoid(self._gap1())
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """P(z != 0) = sigmoid(log_alpha - beta log(-l/r)) (Louizos et al. eq. 12), shape ``batch_shape``."""
+        return torch.sigmoid(self._gap0())
+
+    def expected_l0(self) -> torch.Tensor:
+        """Alias of :meth:`prob_nonzero`: the per-gate expected L0 term."""
+        return self.prob_nonzero()
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log atom mass at z = 0 or 1, stretched Binary Concrete log density inside, -inf outside."""
+        if self._validate_args:
+            self._validate_sample(value)
+        value = torch.as_tensor(value, dtype=self.log_alpha.dtype, device=self.log_alpha.device)
+        width = self.r - self.l
+        # clamping keeps the (discarded) density branch finite at the atoms and outside [0, 1]
+        s = ((value.clamp(0.0, 1.0) - self.l) / width)
+        inside = binary_concrete_logit_log_prob(logit(s), self.log_alpha, self.beta) - math.log(width)
+        out = torch.where(value <= 0, self.log_prob_zero(), torch.where(value >= 1, self.log_prob_one(), inside))
+        return out.masked_fill((value < 0) | (value > 1), -math.inf)
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """P(z <= x) = sigmoid(beta logit((x - l)/(r - l)) - log_alpha) for 0 <= x < 1; 1 for x >= 1."""
+        value = torch.as_tensor(value, dtype=self.log_alpha.dtype, device=self.log_alpha.device)
+        s = (value.clamp(0.0, 1.0) - self.l) / (self.r - self.l)
+        c = torch.sigmoid(self.beta * logit(s) - self.log_alpha)
+        c = torch.where(value >= 1, torch.ones_like(c), c)
+        return torch.where(value < 0, torch.zeros_like(c), c)
+
+    def __repr__(self):
+        return (f"HardConcrete(log_alpha: {tuple(self.log_alpha.shape)}, beta: {tuple(self.beta.shape)}, "
+                f"l={self.l}, r={self.r})")

@@ -1,0 +1,129 @@
+r"""Gaussian-based stochastic gates (Yamada, Lindenbaum, Negahban, Kluger 2020, "Feature
+Selection using Stochastic Gates", ICML).
+
+A gate is a clipped Gaussian:
+
+.. math::
+    \epsilon \sim N(0, 1),\qquad z = \min(1, \max(0, \mu + \sigma\epsilon)).
+
+Its law is mixed: two atoms and a Gaussian density in between,
+
+.. math::
+    P(z = 0) = \Phi(-\mu/\sigma),\qquad P(z = 1) = \Phi((\mu - 1)/\sigma),\qquad
+    p(z) = \frac{1}{\sigma}\,\varphi\!\left(\frac{z - \mu}{\sigma}\right)\ \text{for}\ 0 < z < 1.
+
+``log_prob`` is taken with respect to one dominating measure, Lebesgue measure on (0, 1) plus unit
+point masses at 0 and 1: it returns the log atom mass at exactly 0 or 1 and the log density
+inside. So for two gates q and p, ``q.log_prob(z) - p.log_prob(z)`` at ``z ~ q`` is an unbiased
+single-sample estimate of KL(q || p).
+
+The expected L0 norm (Yamada et al., eq. 6) is :math:`\sum_i P(z_i > 0) = \sum_i \Phi(\mu_i/\sigma_i)`;
+:meth:`StochasticGate.expected_l0` returns the per-gate terms.
+
+``rsample`` is the pathwise sample: gradients reach ``mu`` and ``sigma`` (when it is a tensor that
+requires grad) through the unclipped part, and are zero where the gate is clipped, exactly as
+the derivative of ``z`` with respect to the parameters is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all
+
+from ._common import RelaxrunDistribution, as_tensor, check_positive
+
+__all__ = ["StochasticGate"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class StochasticGate(RelaxrunDistribution):
+    """Clipped-Gaussian gate z = clamp(mu + sigma * eps, 0, 1), eps ~ N(0, 1).
+
+    Args:
+        mu: gate mean (any finite real; Yamada et al. initialise it at 0.5).
+        sigma: noise scale > 0 (a number, or a tensor — learnable if it requires grad).
+            Yamada et al. use 0.5.
+
+    Shapes: ``batch_shape`` is the broadcast shape of ``mu`` and ``sigma``; ``event_shape`` is
+    ``()``; ``rsample(sample_shape)`` returns ``sample_shape + batch_shape`` with independent
+    noise in every element.
+    """
+
+    arg_constraints = {"mu": constraints.real, "sigma": constraints.positive}
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(self, mu, sigma=0.5, validate_args=None):
+        mu = as_tensor(mu, name="mu", dist="StochasticGate")
+        sigma = check_positive(sigma, "sigma", "StochasticGate", like=mu, validate=validate_args is not False)
+        self.mu, self.sigma = broadcast_all(mu, sigma)
+        super().__init__(self.mu.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StochasticGate, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.mu = self.mu.expand(batch_shape)
+        new.sigma = self.sigma.expand(batch_shape)
+        super(StochasticGate, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    # -- sampling -------------------------------------------------------------------------------
+    def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator)
+        return torch.clamp(self.mu + self.sigma * eps, 0.0, 1.0)
+
+    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    # -- the law --------------------------------------------------------------------------------
+    def log_prob_zero(self) -> torch.Tensor:
+        """log P(z = 0) = log Phi(-mu / sigma), shape ``batch_shape``."""
+        # log_ndtr keeps the far tail: Phi(-40) underflows, its log (about -804) does not
+        return torch.special.log_ndtr(-self.mu / self.sigma)
+
+    def log_prob_one(self) -> torch.Tensor:
+        """log P(z = 1) = log Phi((mu - 1) / sigma), shape ``batch_shape``."""
+        return torch.special.log_ndtr((self.mu - 1) / self.sigma)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log atom mass at z = 0 or z = 1, log Gaussian density for 0 < z < 1, -inf outside [0, 1]."""
+        if self._validate_args:
+            self._validate_sample(value)
+        value = torch.as_tensor(value, dtype=self.mu.dtype, device=self.mu.device)
+        x = (value - self.mu) / self.sigma
+        inside = -0.5 * x * x - torch.log(self.sigma) - _HALF_LOG_2PI
+        out = torch.where(value <= 0, self.log_prob_zero(), torch.where(value >= 1, self.log_prob_one(), inside))
+        return out.masked_fill((value < 0) | (value > 1), -math.inf)
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """P(z <= x) = Phi((x - mu)/sigma) for 0 <= x < 1 (this includes the atom at 0), 1 for x >= 1."""
+        value = torch.as_tensor(value, dtype=self.mu.dtype, device=self.mu.device)
+        c = torch.special.ndtr((value - self.mu) / self.sigma)
+        c = torch.where(value >= 1, torch.ones_like(c), c)
+        return torch.where(value < 0, torch.zeros_like(c), c)
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """P(z > 0) = Phi(mu / sigma), shape ``batch_shape`` (differentiable in mu and sigma)."""
+        return torch.special.ndtr(self.mu / self.sigma)
+
+    def expected_l0(self) -> torch.Tensor:
+        """Per-gate expected L0 term Phi(mu/sigma) (Yamada et al. 2020, eq. 6); sum it for the penalty."""
+        return self.prob_nonzero()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        r"""E[z] = \int_0^1 P(z > t) dt = sigma [G(mu/sigma) - G((mu-1)/sigma)], G(a) = a Phi(a) + phi(a)."""
+        def G(a):
+            return a * torch.special.ndtr(a) + torch.exp(-0.5 * a * a - _HALF_LOG_2PI)
+
+        return self.sigma * (G(self.mu / self.sigma) - G((self.mu - 1) / self.sigma))
+
+    def __repr__(self):
+        return f"StochasticGate(mu: {tuple(self.mu.shape)}, sigma: {tuple(self.sigma.shape)})"

@@ -1,0 +1,49 @@
+"""``method=straight_through``: Bernoulli latents trained with the straight-through estimator
+(Bengio, Léonard, Courville 2013, arXiv:1308.3432; Hinton 2012).
+
+Posterior q(b | x) = prod_d Bernoulli(sigmoid(l_d)), l = ``params``. Training feeds the decoder
+the exact hard sample b and back-propagates as if it were p = sigmoid(l): z = b + p - stopgrad(p)
+(:class:`~relaxrun.distributions.straight_through.StraightThroughBernoulli`). The gradient is
+biased for a non-linear decoder, but the training objective itself is the discrete one.
+
+Prior: Bernoulli(prior_probs) per unit (0.5 by default). KL term: the analytic
+sum_d KL(Bern(q_d) || Bern(prior_probs)).
+
+Reported bound (``metric_kind = "discrete"``): -log p(x | b) at b ~ q plus the analytic KL, a true
+ELBO of the discrete-latent model -- the same quantity the method trains on. ``tau`` is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import at_least, require
+from ..distributions.straight_through import StraightThroughBernoulli
+from .base import MethodConfig, Terms, bernoulli_nll, register
+from .relaxed_bernoulli import BernoulliLatentMethod
+
+
+@dataclass
+class StraightThroughConfig(MethodConfig):
+    name: str = "straight_through"
+    latent_dim: int = 200
+    prior_probs: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("method.latent_dim", self.latent_dim, 1)
+        require(isinstance(self.prior_probs, (int, float)) and 0 < self.prior_probs < 1, "method.prior_probs",
+                "a number in (0, 1)", self.prior_probs)
+
+
+@register("straight_through")
+class StraightThroughMethod(BernoulliLatentMethod):
+    Config = StraightThroughConfig
+    metric_kind = "discrete"
+    latent_type = "Bernoulli"
+
+    def loss(self, params, decode, x, tau) -> Terms:
+        z = StraightThroughBernoulli(logits=params, validate_args=False).rsample()
+        recon = bernoulli_nll(decode(z), x)
+        kl = self.exact_kl(params)
+        return Terms((recon + kl).mean(), recon, kl)
