@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+
+def _default(value, fallback):
+    """``${relaxrun.default:${tau},0.667}``: the top-level value when set, else the method's own default."""
+    return fallback if value is None else value
+
+
+if not OmegaConf.has_resolver("relaxrun.default"):
+    OmegaConf.register_new_resolver("relaxrun.default", _default)
 
 
 class ConfigError(ValueError):
@@ -143,13 +152,14 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    tau: float = 1.0
+    tau: Optional[float] = None
     seed: int = 0
     device: str = "auto"
     resume: bool = False
 
     def __post_init__(self):
-        positive("tau", self.tau)
+        if self.tau is not None:
+            positive("tau", self.tau)
         one_of("device", self.device, ("auto", "cpu", "cuda")) if not str(self.device).startswith("cuda:") else None
         at_least("seed", self.seed, 0)
 
