@@ -74,6 +74,24 @@ class Terms(NamedTuple):
     kl: torch.Tensor
 
 
+class DiscreteLaw(NamedTuple):
+    """The discrete latent a method's gradient is judged against (``relaxrun-gradcheck``).
+
+    * ``kind == "bernoulli"``: D independent units, ``logits`` ``[..., D]``; the discrete model
+      feeds the decoder b in {0, 1}^D.
+    * ``kind == "categorical"``: N independent K-way variables, ``logits`` ``[..., N, K]``
+      (unnormalised log-probabilities); the discrete model feeds the decoder the flattened one-hot
+      ``[..., N*K]``.
+
+    ``logits`` must be a differentiable function of the encoder output ``params``;
+    ``prior_logits`` (broadcastable to ``logits``) are the prior of the same discrete model.
+    """
+
+    kind: str
+    logits: torch.Tensor
+    prior_logits: torch.Tensor
+
+
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """-log p(x | z) of independent Bernoulli pixels, summed over the last dim: ``[..., D] -> [...]``."""
     logits, x = torch.broadcast_tensors(logits, x)
@@ -159,6 +177,21 @@ class Method(nn.Module):
                          k: int) -> torch.Tensor:
         """``[k, B]`` log p(x, z_i) - log q(z_i | x) for k posterior samples (IWAE), if supported."""
         raise NotImplementedError(f"method {self.name} has no importance-weighted bound")
+
+    def discrete_law(self, params: torch.Tensor, tau: float) -> DiscreteLaw:
+        """The discrete latent model this method's estimator stands in for, if one can be enumerated.
+
+        ``relaxrun-gradcheck`` compares the gradient of :meth:`loss` w.r.t. ``params`` with the exact
+        gradient of the discrete objective E_{b ~ q}[-log p(x | b)] (+ KL(q || prior) for the
+        whole negative ELBO), computed by summing over all 2^D / K^N configurations of b.
+        Relaxations return the law their hard limit samples (e.g. the law of round(z)), so
+        their bias w.r.t. the discrete model is what gets measured.
+
+        Raise ``NotImplementedError`` with the reason when there is no such independent discrete
+        law (gradcheck then reports the method as skipped with that reason); this default does.
+        """
+        raise NotImplementedError(f"method {self.name} defines no enumerable discrete counterpart "
+                                  f"(Method.discrete_law)")
 
     def hparams(self) -> dict:
         """Flat dict of this method's options for the TensorBoard hparams table."""

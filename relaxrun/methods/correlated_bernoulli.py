@@ -34,7 +34,7 @@ from ..distributions._common import logit
 from ..distributions.binary_concrete import RelaxedBernoulli
 from ..distributions.correlated_bernoulli import (CorrelatedRelaxedBernoulli, correlation_cholesky_from_params,
                                                   equicorrelation, num_correlation_params)
-from .base import Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
 
 
 @dataclass
@@ -118,3 +118,16 @@ class CorrelatedBernoulliMethod(Method):
 
     def reconstruct_input(self, params, tau):
         return self.posterior(params, tau).sample()
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """With R = I (``correlation: identity``, or ``learned`` at its zero initialisation) the law of
+        round(z) is Bernoulli(sigmoid(l)) per unit; prior Bernoulli(prior_probs). Otherwise round(z)
+        is a multivariate probit law whose 2^D probabilities are Gaussian orthant integrals, not an
+        independent law, so this raises."""
+        L = self.scale_tril()
+        if not torch.equal(L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)):
+            raise NotImplementedError(
+                "the law of round(z) under a non-identity Gaussian copula is a correlated (multivariate "
+                "probit) law, not an independent one; only R = I can be enumerated")
+        return DiscreteLaw("bernoulli", params, torch.tensor(self.prior_logit, dtype=params.dtype,
+                                                             device=params.device))

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from ..config import at_least, one_of
 from ..distributions.concrete import GumbelSoftmax
-from .base import Method, MethodConfig, Terms, bernoulli_nll, categorical_kl_uniform, register, straight_through
+from .base import (DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, categorical_kl_uniform, register,
+                   straight_through)
 
 
 @dataclass
@@ -105,3 +106,9 @@ class GumbelSoftmaxMethod(CategoricalLatentMethod):
             prior = GumbelSoftmax(tau, logits=torch.zeros_like(logits), validate_args=False)
             kl = (q.log_prob_log_value(log_z) - prior.log_prob_log_value(log_z)).sum(-1)
         return Terms((recon + kl).mean(), recon, kl)
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """Cat(softmax(l_n)) per variable: the law of argmax z_n at every tau (and what
+        ``hard: true`` feeds forward, one-hot); prior uniform."""
+        logits = self.split(params)
+        return DiscreteLaw("categorical", logits, torch.zeros((), dtype=params.dtype, device=params.device))

@@ -27,7 +27,7 @@ import torch
 
 from ..config import at_least, require
 from ..distributions.hard_concrete import HardConcrete
-from .base import Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
 
 
 def _finite(v) -> bool:
@@ -105,3 +105,12 @@ class HardConcreteMethod(Method):
 
     def reconstruct_input(self, params, tau):
         return self.posterior(params, tau).sample()
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """The law of round(z) = 1[z > 1/2]: Bernoulli(sigmoid(log_alpha - beta logit(c))),
+        c = (1/2 - l) / (r - l) (c = 1/2 and so Bernoulli(sigmoid(log_alpha)) for symmetric l, r).
+        As beta -> 0 the Hard Concrete itself tends to this two-atom law. Prior: the same map of
+        ``prior_log_alpha``. The method's own (mixed-latent) KL differs from this law's KL."""
+        shift = tau * math.log((0.5 - self.cfg.l) / (self.cfg.r - 0.5))  # beta logit(c), exact 0 when symmetric
+        prior = torch.tensor(self.cfg.prior_log_alpha - shift, dtype=params.dtype, device=params.device)
+        return DiscreteLaw("bernoulli", params - shift, prior)

@@ -23,7 +23,8 @@ import torch
 from ..config import at_least, one_of, require
 from ..distributions.binary_concrete import RelaxedBernoulli
 from ..distributions._common import logit
-from .base import (Method, MethodConfig, Terms, bernoulli_kl, bernoulli_nll, register, straight_through)
+from .base import (DiscreteLaw, Method, MethodConfig, Terms, bernoulli_kl, bernoulli_nll, register,
+                   straight_through)
 
 
 @dataclass
@@ -109,3 +110,9 @@ class RelaxedBernoulliMethod(BernoulliLatentMethod):
             prior = RelaxedBernoulli(tau, logits=torch.full_like(params, self.prior_logits), validate_args=False)
             kl = (q.log_prob_logit(y) - prior.log_prob_logit(y)).sum(-1)
         return Terms((recon + kl).mean(), recon, kl)
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """Bernoulli(sigmoid(l)): the law of round(z) for z ~ BinaryConcrete(l, tau) at every tau,
+        and what ``hard: true`` feeds forward; prior Bernoulli(prior_probs)."""
+        return DiscreteLaw("bernoulli", params, torch.tensor(self.prior_logits, dtype=params.dtype,
+                                                             device=params.device))

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config import at_least, positive, require
 from ..distributions.stochastic_gates import StochasticGate
-from .base import Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
 
 
 @dataclass
@@ -112,3 +112,15 @@ class StochasticGatesMethod(Method):
 
     def reconstruct_input(self, params, tau):
         return self.posterior(params).sample()
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """The law of round(z) = 1[z > 1/2]: Bernoulli(Phi((mu - 1/2) / sigma)) = Bernoulli(Phi(params /
+        sigma)), logits log Phi(a) - log Phi(-a); prior Phi((prior_mu - 1/2) / sigma). A gate, not a
+        relaxation with a discrete limit (sigma -> 0 makes z deterministic), so this is the nearest
+        discrete model, not one the method converges to. ``tau`` is not used."""
+        def probit_logit(a):
+            return torch.special.log_ndtr(a) - torch.special.log_ndtr(-a)
+
+        a = params / self.log_sigma.exp().to(params.dtype)
+        a_prior = torch.tensor((self.cfg.prior_mu - 0.5) / self.cfg.sigma, dtype=params.dtype, device=params.device)
+        return DiscreteLaw("bernoulli", probit_logit(a), probit_logit(a_prior))

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 from ..config import at_least, require
 from ..distributions.stochastic_times_smooth import StochasticTimesSmooth
-from .base import MethodConfig, Terms, bernoulli_nll, register
+import torch
+
+from .base import DiscreteLaw, MethodConfig, Terms, bernoulli_nll, register
 from .relaxed_bernoulli import BernoulliLatentMethod
 
 
@@ -67,3 +69,9 @@ class StochasticTimesSmoothMethod(BernoulliLatentMethod):
 
     def iwae_log_weights(self, params, decode, x, tau, k):
         return super().iwae_log_weights(self.gate_logits(params), decode, x, tau, k)
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """The gate b ~ Bernoulli(sqrt(sigmoid(a))), fed to the decoder as b itself (the model
+        :meth:`bound` scores); training feeds b * sqrt(p) instead. Prior Bernoulli(prior_probs)."""
+        return DiscreteLaw("bernoulli", self.gate_logits(params),
+                           torch.tensor(self.prior_logits, dtype=params.dtype, device=params.device))

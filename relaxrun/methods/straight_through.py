@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from ..config import at_least, require
 from ..distributions.straight_through import StraightThroughBernoulli
-from .base import MethodConfig, Terms, bernoulli_nll, register
+import torch
+
+from .base import DiscreteLaw, MethodConfig, Terms, bernoulli_nll, register
 from .relaxed_bernoulli import BernoulliLatentMethod
 
 
@@ -47,3 +49,8 @@ class StraightThroughMethod(BernoulliLatentMethod):
         recon = bernoulli_nll(decode(z), x)
         kl = self.exact_kl(params)
         return Terms((recon + kl).mean(), recon, kl)
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """Bernoulli(sigmoid(l)), the law of the hard sample fed forward; prior Bernoulli(prior_probs)."""
+        return DiscreteLaw("bernoulli", params, torch.tensor(self.prior_logits, dtype=params.dtype,
+                                                             device=params.device))
