@@ -122,7 +122,12 @@ def _hydra_entry(cfg: DictConfig):
 
     run_dir = _run_dir()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's error is not this run's
     try:
+        if multirun:  # torch threads / GPU of a job that may run beside others (relaxrun/callbacks.py)
+            from .callbacks import apply_job_resources
+
+            apply_job_resources(cfg, HydraConfig.get())
         return train(cfg, run_dir)
     except Interrupted as err:
         log.warning("%s", err)

@@ -85,13 +85,22 @@ def _set_rng_state(gens: dict[str, torch.Generator], state: dict) -> None:
 
 
 def flat_hparams(run, mcfg) -> dict:
-    hp = {"method": mcfg.name, "tau": mcfg.tau, "seed": run.seed, "lr": run.optim.lr,
-          "batch_size": run.trainer.batch_size, "tau_schedule": run.trainer.tau_schedule,
-          "model.hidden": "-".join(map(str, run.model.hidden)), "data": run.data.name,
-          "binarize": run.data.binarize}
-    for k, v in asdict(mcfg).items():
-        if k not in ("name", "tau") and isinstance(v, (int, float, str, bool)):
-            hp[f"method.{k}"] = v
+    """The run's row in TensorBoard's hparams table. Every method gets the same keys, because
+    TensorBoard takes the table's columns from one run of the folder: the method's own options go
+    into one string, ``method.options`` (e.g. ``hard=false,kl=analytic``)."""
+    opts = {k: v for k, v in asdict(mcfg).items()
+            if k not in ("name", "tau") and isinstance(v, (int, float, str, bool))}
+    latent = str(opts.pop("latent_dim", "?"))
+    if "categories" in opts:
+        latent += f"x{opts.pop('categories')}"
+    hp = {"method": mcfg.name, "tau": mcfg.tau, "seed": run.seed, "lr": run.optim.lr, "latent": latent,
+          "batch_size": run.trainer.batch_size, "epochs": run.trainer.epochs, "max_steps": run.trainer.max_steps,
+          "tau_schedule": run.trainer.tau_schedule, "tau_min": run.trainer.tau_min, "tau_rate": run.trainer.tau_rate,
+          "weight_decay": run.optim.weight_decay, "grad_clip": run.trainer.grad_clip,
+          "model.hidden": "-".join(map(str, run.model.hidden)), "activation": run.model.activation,
+          "data": run.data.name, "binarize": run.data.binarize,
+          "method.options": ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                     for k, v in opts.items()) or "-"}
     return hp
 
 
