@@ -125,7 +125,7 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    iwae_samples: int = 0
+    iwae_samples: int = 1000
     iwae_batch: int = 100
 
     def __post_init__(self):

@@ -4,7 +4,10 @@ from .binary_concrete import RelaxedBernoulli
 from .concrete import GumbelSoftmax
 from .correlated_bernoulli import (CorrelatedRelaxedBernoulli, correlation_cholesky_from_params, equicorrelation,
                                    identity_correlation, num_correlation_params)
+from .gumbel_topk import GumbelTopK, PlackettLuce, plackett_luce_log_prob, relaxed_topk, topk_khot
 from .hard_concrete import HardConcrete
+from .invertible_gaussian import InvertibleGaussian
+from .laplace_bridge import LogisticNormalSoftmax, dirichlet_to_logistic_normal, logistic_normal_to_dirichlet
 from .stochastic_gates import StochasticGate
 from .stochastic_times_smooth import StochasticTimesSmooth
 from .straight_through import StraightThroughBernoulli
@@ -12,5 +15,7 @@ from .straight_through import StraightThroughBernoulli
 __all__ = [
     "RelaxedBernoulli", "GumbelSoftmax", "HardConcrete", "StochasticGate", "StraightThroughBernoulli",
     "StochasticTimesSmooth", "CorrelatedRelaxedBernoulli", "identity_correlation", "equicorrelation",
-    "correlation_cholesky_from_params", "num_correlation_params",
+    "correlation_cholesky_from_params", "num_correlation_params", "InvertibleGaussian", "GumbelTopK",
+    "PlackettLuce", "plackett_luce_log_prob", "relaxed_topk", "topk_khot", "LogisticNormalSoftmax",
+    "dirichlet_to_logistic_normal", "logistic_normal_to_dirichlet",
 ]

@@ -1,0 +1,303 @@
+r"""The Laplace bridge between Dirichlet and logistic-normal laws (Hobbhahn, Kristiadi and Hennig,
+"Fast Predictive Uncertainty for Classification with Bayesian Deep Networks", UAI 2022;
+arXiv:2003.01227, 2020), and the logistic normal that stays in :math:`K` dimensions.
+
+**Bridge.** The Laplace approximation of :math:`\mathrm{Dir}(\alpha)` in the softmax basis
+(:math:`z = \mathrm{softmax}(y)`, where the density of :math:`y` is
+:math:`\propto \prod_k z_k^{\alpha_k}`) is a Gaussian with
+
+.. math::
+    \mu_k = \log\alpha_k - \frac1K\sum_{l}\log\alpha_l,\qquad
+    \Sigma_{kk} = \frac{1}{\alpha_k}\Big(1 - \frac2K\Big) + \frac{1}{K^2}\sum_l \frac{1}{\alpha_l},
+
+and, inverting these two formulas (the paper's inverse map),
+
+.. math::
+    \alpha_k = \frac{1}{\Sigma_{kk}}\Big(1 - \frac2K + \frac{e^{\mu_k}}{K^2}\sum_l e^{-\mu_l}\Big).
+
+:math:`\Sigma` holds **variances** (the diagonal of the covariance); a standard deviation is
+:math:`\sqrt{\Sigma_{kk}}`. The round trip :math:`\alpha \to (\mu, \Sigma) \to \alpha` is exact.
+The Gaussian's mode maps to :math:`\mathrm{softmax}(\mu) = \alpha / \sum_l \alpha_l`, the mode of
+the Dirichlet in the softmax basis; on the simplex itself the logistic normal's mode is close to,
+not equal to, the Dirichlet mode :math:`(\alpha_k - 1)/(\alpha_0 - K)` (they agree as
+:math:`\alpha` grows, the regime where a Laplace approximation is accurate).
+
+**LogisticNormalSoftmax.** :math:`z = \mathrm{softmax}(y)`, :math:`y \sim \mathcal N(\mathrm{loc},
+\mathrm{diag}(\mathrm{scale}^2))` in :math:`\mathbb R^K` (``scale`` is a standard deviation).
+Softmax from :math:`\mathbb R^K` is not injective (:math:`y` and :math:`y + c\mathbf 1` give the
+same :math:`z`), so the density is computed through a bijection: we **fix the last coordinate** as
+reference and use the additive log-ratios :math:`w_k = y_k - y_K = \log z_k - \log z_K`,
+:math:`k < K`, which are exactly Gaussian,
+
+.. math::
+    w \sim \mathcal N\big(m, C\big),\quad m_k = \mathrm{loc}_k - \mathrm{loc}_K,\quad
+    C = \mathrm{diag}(\mathrm{scale}_{1:K-1}^2) + \mathrm{scale}_K^2\,\mathbf 1\mathbf 1^\top,
+
+and :math:`z_{1:K-1}` is the softmax of :math:`(w, 0)`, whose Jacobian determinant is
+:math:`\prod_{k=1}^K z_k`. Hence
+
+.. math::
+    \log p(z) = \log\mathcal N(w; m, C) - \sum_{k=1}^K \log z_k,
+
+with respect to Lebesgue measure on the first :math:`K-1` coordinates of :math:`z`, the convention of
+:class:`torch.distributions.Dirichlet`, so the two can be compared and mixed in KL terms. The
+diagonal-plus-rank-one :math:`C` is handled with the matrix determinant lemma and
+Sherman-Morrison: :math:`O(K)` per point. Unlike :class:`torch.distributions.LogisticNormal`
+(stick-breaking, ``K-1`` parameters), this is the softmax-of-Gaussian law of ProdLDA and of the
+Laplace bridge.
+
+Closed-form KL divergences registered: ``LogisticNormalSoftmax || LogisticNormalSoftmax`` (the KL
+of the log-ratio Gaussians: exact on the simplex, and no larger than ProdLDA's KL between the two
+``K``-dimensional Gaussians, which is an upper bound) and ``Dirichlet || LogisticNormalSoftmax``
+(log-ratios of a Dirichlet have digamma means and trigamma covariances). ``LogisticNormalSoftmax ||
+Dirichlet`` has no closed form (it needs :math:`E[\log z_k]` under a logistic normal).
+
+Shapes: ``alpha``, ``mu``, ``Sigma``, ``loc``, ``scale``: ``batch_shape + (K,)``; ``event_shape``
+is ``(K,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Dirichlet, constraints
+from torch.distributions.kl import register_kl
+from torch.distributions.utils import broadcast_all
+
+from ._common import LOG_2PI, RelaxrunDistribution, as_tensor
+
+__all__ = [
+    "dirichlet_to_logistic_normal",
+    "logistic_normal_to_dirichlet",
+    "LogisticNormalSoftmax",
+]
+
+_NAME = "LogisticNormalSoftmax"
+
+
+def _check_last_dim(x: torch.Tensor, name: str, where: str) -> int:
+    if x.dim() < 1 or x.shape[-1] < 2:
+        raise ValueError(f"{where}: {name} must have a last dimension of size K >= 2; got shape {tuple(x.shape)}")
+    return x.shape[-1]
+
+
+def _check_positive_tensor(x: torch.Tensor, name: str, where: str) -> None:
+    ok = torch.isfinite(x) & (x > 0)
+    if not bool(ok.all()):
+        bad = x.detach().reshape(-1)[~ok.reshape(-1)][0].item()
+        raise ValueError(f"{where}: {name} must be finite and > 0; got {bad:.6g}")
+
+
+def dirichlet_to_logistic_normal(alpha, validate: bool = True):
+    r"""Laplace bridge ``Dir(alpha) -> N(mu, diag(Sigma))`` in the softmax basis (Hobbhahn et al.).
+
+    Args:
+        alpha: concentrations ``(..., K)``, K >= 2, all > 0.
+
+    Returns:
+        ``(mu, Sigma)``, both ``(..., K)``: ``mu_k = log alpha_k - mean_l log alpha_l`` (sums to 0),
+        ``Sigma_kk = (1 - 2/K)/alpha_k + sum_l(1/alpha_l)/K^2``, the **variances**.
+    """
+    where = "dirichlet_to_logistic_normal"
+    alpha = as_tensor(alpha, name="alpha", dist=where)
+    K = _check_last_dim(alpha, "alpha", where)
+    if validate:
+        _check_positive_tensor(alpha, "alpha", where)
+    log_alpha = torch.log(alpha)
+    mu = log_alpha - log_alpha.mean(-1, keepdim=True)
+    inv = alpha.reciprocal()
+    sigma = inv * (1.0 - 2.0 / K) + inv.sum(-1, keepdim=True) / K**2
+    return mu, sigma
+
+
+def logistic_normal_to_dirichlet(mu, sigma, validate: bool = True) -> torch.Tensor:
+    r"""Inverse Laplace bridge ``N(mu, diag(Sigma)) -> Dir(alpha)`` (Hobbhahn et al.).
+
+    Args:
+        mu: means ``(..., K)`` (any shift ``mu + c`` gives the same alpha).
+        sigma: the **variances** ``Sigma_kk`` ``(..., K)``, > 0 (not standard deviations).
+
+    Returns:
+        ``alpha_k = (1 - 2/K + exp(mu_k) sum_l exp(-mu_l) / K^2) / Sigma_kk``, shape ``(..., K)``.
+    """
+    where = "logistic_normal_to_dirichlet"
+    mu = as_tensor(mu, name="mu", dist=where)
+    sigma = as_tensor(sigma, like=mu, name="Sigma", dist=where)
+    mu, sigma = broadcast_all(mu, sigma)
+    K = _check_last_dim(mu, "mu", where)
+    if validate:
+        if not bool(torch.isfinite(mu).all()):
+            bad = mu.detach().reshape(-1)[~torch.isfinite(mu).reshape(-1)][0].item()
+            raise ValueError(f"{where}: mu must be finite real numbers; got {bad:.6g}")
+        _check_positive_tensor(sigma, "Sigma (the variances)", where)
+    # exp(mu_k) * sum_l exp(-mu_l) = exp(mu_k + logsumexp(-mu)): no overflow for large |mu|
+    cross = torch.exp(mu + torch.logsumexp(-mu, dim=-1, keepdim=True))
+    return (1.0 - 2.0 / K + cross / K**2) / sigma
+
+
+def _alr_gaussian(loc: torch.Tensor, var: torch.Tensor):
+    """Log-ratio Gaussian of softmax(N(loc, diag(var))): mean m, C = diag(d) + s 11^T."""
+    m = loc[..., :-1] - loc[..., -1:]
+    d = var[..., :-1]
+    s = var[..., -1]
+    return m, d, s
+
+
+def _dpr1_logdet_and_quad(d: torch.Tensor, s: torch.Tensor, r: torch.Tensor):
+    """For C = diag(d) + s 11^T: log det C and r^T C^{-1} r (r broadcasts with d)."""
+    inv_d = d.reciprocal()
+    sum_inv = inv_d.sum(-1)
+    one_plus = 1.0 + s * sum_inv
+    logdet = torch.log(d).sum(-1) + torch.log(one_plus)
+    r_over_d = r * inv_d
+    quad = (r * r_over_d).sum(-1) - s * r_over_d.sum(-1).pow(2) / one_plus
+    return logdet, quad
+
+
+def _dpr1_trace(d2, s2, d1, s1):
+    """tr(C2^{-1} C1) for C_i = diag(d_i) + s_i 11^T (Sherman-Morrison), O(K)."""
+    inv = d2.reciprocal()
+    sum_inv = inv.sum(-1)
+    one_plus = 1.0 + s2 * sum_inv
+    tr_diag = (d1 * inv).sum(-1) - s2 * (d1 * inv * inv).sum(-1) / one_plus
+    ones_quad = sum_inv - s2 * sum_inv.pow(2) / one_plus  # 1^T C2^{-1} 1
+    return tr_diag + s1 * ones_quad
+
+
+class LogisticNormalSoftmax(RelaxrunDistribution):
+    """Softmax of a diagonal Gaussian in ``R^K``: a law on the open ``K``-simplex.
+
+    Args:
+        loc: Gaussian mean ``(..., K)``, K >= 2, finite.
+        scale: Gaussian **standard deviation** (not variance), broadcastable with ``loc``, > 0.
+
+    ``log_prob`` is the exact density on the simplex, computed through the additive log-ratios to
+    the last coordinate (see the module docstring), with respect to Lebesgue measure on the first
+    ``K-1`` coordinates. ``log_prob`` of the tensor most recently returned by ``rsample`` uses the
+    cached Gaussian draw, so it stays exact where float32 rounded a coordinate to 0.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(self, loc, scale, validate_args=None):
+        loc = as_tensor(loc, name="loc", dist=_NAME)
+        scale = as_tensor(scale, like=loc, name="scale", dist=_NAME)
+        loc, scale = broadcast_all(loc, scale)
+        _check_last_dim(loc, "loc", _NAME)
+        self.loc, self.scale = loc, scale
+        self._cache = None
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
+
+    @classmethod
+    def from_dirichlet(cls, alpha, validate_args=None) -> "LogisticNormalSoftmax":
+        """The Laplace-bridge approximation of ``Dir(alpha)``: ``loc = mu``, ``scale = sqrt(Sigma)``."""
+        mu, var = dirichlet_to_logistic_normal(alpha)
+        return cls(mu, var.sqrt(), validate_args=validate_args)
+
+    def to_dirichlet(self) -> Dirichlet:
+        """The Dirichlet whose Laplace bridge has this ``loc`` and variance ``scale**2``."""
+        return Dirichlet(logistic_normal_to_dirichlet(self.loc, self.variance_y))
+
+    @property
+    def variance_y(self) -> torch.Tensor:
+        """Variances of the underlying Gaussian ``y`` (``scale**2``), the bridge's ``Sigma``."""
+        return self.scale.pow(2)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(LogisticNormalSoftmax, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.scale = self.scale.expand(batch_shape + self.event_shape)
+        new._cache = None
+        super(LogisticNormalSoftmax, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample_gaussian(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        """Differentiable ``y ~ N(loc, scale^2)``, independent per element, ``sample_shape + batch + (K,)``."""
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        return self.loc + self.scale * eps
+
+    def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        y = self.rsample_gaussian(sample_shape, generator)
+        log_z = torch.log_softmax(y, dim=-1)
+        z = log_z.exp()
+        self._cache = (z, y, log_z)
+        return z
+
+    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def _log_prob_alr(self, w: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
+        m, d, s = _alr_gaussian(self.loc, self.variance_y)
+        logdet, quad = _dpr1_logdet_and_quad(d, s, w - m)
+        k_minus_1 = self.event_shape[0] - 1
+        return -0.5 * (k_minus_1 * LOG_2PI + logdet + quad) - log_z.sum(-1)
+
+    def log_prob_gaussian(self, y: torch.Tensor) -> torch.Tensor:
+        """log p(z) at ``z = softmax(y)``, computed from ``y`` (density with respect to z).
+
+        Any ``y`` in the fibre ``y + c 1`` gives the same value; exact where z itself rounds to 0.
+        """
+        return self._log_prob_alr(y[..., :-1] - y[..., -1:], torch.log_softmax(y, dim=-1))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._cache is not None and value is self._cache[0]:
+            _, y, log_z = self._cache
+            w = y[..., :-1] - y[..., -1:]
+        else:
+            if self._validate_args:
+                self._validate_sample(value)
+            log_z = torch.log(value.clamp_min(torch.finfo(value.dtype).tiny))
+            w = log_z[..., :-1] - log_z[..., -1:]
+        return self._log_prob_alr(w, log_z)
+
+    @property
+    def mean(self):
+        raise NotImplementedError(f"{_NAME}: the mean has no closed form; estimate it from samples")
+
+    def __repr__(self):
+        return f"{_NAME}(loc: {tuple(self.loc.shape)}, scale: {tuple(self.scale.shape)})"
+
+
+def _gaussian_kl_dpr1(m1, d1, s1, m2, d2, s2) -> torch.Tensor:
+    """KL(N(m1, C1) || N(m2, C2)) for C_i = diag(d_i) + s_i 11^T."""
+    n = m1.shape[-1]
+    logdet1, _ = _dpr1_logdet_and_quad(d1, s1, torch.zeros_like(m1))
+    logdet2, quad = _dpr1_logdet_and_quad(d2, s2, m2 - m1)
+    return 0.5 * (_dpr1_trace(d2, s2, d1, s1) + quad - n + logdet2 - logdet1)
+
+
+@register_kl(LogisticNormalSoftmax, LogisticNormalSoftmax)
+def _kl_lns_lns(p: LogisticNormalSoftmax, q: LogisticNormalSoftmax) -> torch.Tensor:
+    """Exact KL on the simplex = KL of the (K-1)-dimensional log-ratio Gaussians."""
+    if p.event_shape != q.event_shape:
+        raise ValueError(f"KL({_NAME} || {_NAME}): K differs ({p.event_shape[0]} vs {q.event_shape[0]})")
+    return _gaussian_kl_dpr1(*_alr_gaussian(p.loc, p.variance_y), *_alr_gaussian(q.loc, q.variance_y))
+
+
+@register_kl(Dirichlet, LogisticNormalSoftmax)
+def _kl_dirichlet_lns(p: Dirichlet, q: LogisticNormalSoftmax) -> torch.Tensor:
+    r"""KL(Dir(alpha) || LNS) = -H(Dir) - E_Dir[log q(z)], all terms closed form.
+
+    Under the Dirichlet, w_k = log z_k - log z_K has mean psi(alpha_k) - psi(alpha_K) and
+    covariance diag(psi'(alpha_{1:K-1})) + psi'(alpha_K) 11^T, and E[log z_k] = psi(alpha_k) - psi(alpha_0), so
+    E[log q] = -1/2 ((K-1) log 2pi + log det C + tr(C^{-1} Cov w) + (E w - m)^T C^{-1} (E w - m)) - sum_k E[log z_k].
+    """
+    alpha = p.concentration
+    if alpha.shape[-1] != q.event_shape[0]:
+        raise ValueError(f"KL(Dirichlet || {_NAME}): K differs ({alpha.shape[-1]} vs {q.event_shape[0]})")
+    alpha0 = alpha.sum(-1, keepdim=True)
+    dig = torch.digamma(alpha)
+    tri = torch.polygamma(1, alpha)
+    mean_w = dig[..., :-1] - dig[..., -1:]
+    m, d, s = _alr_gaussian(q.loc, q.variance_y)
+    n = alpha.shape[-1] - 1
+    logdet, quad = _dpr1_logdet_and_quad(d, s, mean_w - m)
+    trace = _dpr1_trace(d, s, tri[..., :-1], tri[..., -1])
+    e_log_z_sum = (dig - torch.digamma(alpha0)).sum(-1)
+    e_log_q = -0.5 * (n * LOG_2PI + logdet + trace + quad) - e_log_z_sum
+    return -p.entropy() - e_log_q
