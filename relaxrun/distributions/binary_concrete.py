@@ -45,8 +45,9 @@ def sample_logistic(shape, dtype, device, generator=None) -> torch.Tensor:
     """Standard logistic noise log u - log(1-u), one independent draw per element."""
     u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
     tiny = torch.finfo(dtype).tiny
-    u = u.clamp_min(tiny)  # rand is in [0, 1): only 0 needs guarding
-    return torch.log(u) - torch.log1p(-u)
+    u = u.clamp_min_(tiny)  # rand is in [0, 1): only 0 needs guarding
+    # in place where the buffer is ours (no autograd history): same values, fewer allocations
+    return torch.log(u).sub_(u.neg_().log1p_())
 
 
 class RelaxedBernoulli(RelaxrunDistribution):

@@ -13,8 +13,9 @@ K-1 coordinates):
     \log p(z) = \log\Gamma(K) + (K-1)\log\tau - \sum_k \log z_k
                + \sum_k c_k - K \operatorname{logsumexp}_k c_k,\qquad c_k = \ell_k - \tau\log z_k.
 
-The last two terms are invariant to a common shift of ``c``, so they are computed after
-subtracting ``max c``: no cancellation between numbers of size ``tau * |log z|``. All terms use
+The last two terms are :math:`\sum_k \log\mathrm{softmax}(c)_k`: every summand is ``<= 0`` and
+computed after subtracting ``max c``, so there is no cancellation between numbers of size
+``tau * |log z|``. All terms use
 ``log z``; for the tensor most recently returned by ``rsample`` the exact ``log z`` (from the
 Gumbel logits, never rounded to ``log 0``) is cached, so the density of the distribution's own
 float32 samples stays finite at small tau where ``z`` has entries that underflow to 0.
@@ -32,28 +33,39 @@ from torch.distributions.utils import broadcast_all, lazy_property
 
 from ._common import RelaxrunDistribution, check_positive, probs_or_logits
 
-__all__ = ["GumbelSoftmax", "concrete_log_prob_from_log_value", "sample_gumbel"]
+__all__ = ["GumbelSoftmax", "concrete_log_prob_from_log_value", "log_softmax", "sample_gumbel"]
 
 
 def sample_gumbel(shape, dtype, device, generator=None) -> torch.Tensor:
     """Standard Gumbel noise -log(-log u), one independent draw per element."""
     u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
-    u = u.clamp_min(torch.finfo(dtype).tiny)
-    return -torch.log(-torch.log(u))
+    # in place on the fresh buffer (the noise has no autograd history): same values, fewer allocations
+    return u.clamp_min_(torch.finfo(dtype).tiny).log_().neg_().log_().neg_()
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """``torch.log_softmax(x, -1)``, computed the same way: ``(x - max) - log sum exp(x - max)``.
+
+    On the CPU with fewer than 16 categories this is spelled out in elementwise ops, which run over
+    the whole tensor at once: torch's fused CPU kernel vectorises along the category dimension and is
+    3-4x slower there (forward + backward at 100 x 20 x 10; ``scripts/benchmark.py`` times the
+    kernels). The max is a constant shift of every entry, so detaching it leaves the gradient exact.
+    """
+    if x.device.type != "cpu" or x.shape[-1] >= 16:
+        return torch.log_softmax(x, dim=-1)
+    s = x - x.detach().amax(dim=-1, keepdim=True)
+    return s - s.exp().sum(dim=-1, keepdim=True).log()
 
 
 def concrete_log_prob_from_log_value(log_z: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """log p(z) of Concrete(logits, tau) given log z (last dim = categories); sums over the event."""
+    """log p(z) of Concrete(logits, tau) given log z (last dim = categories); sums over the event.
+
+    ``logits`` need not be normalised: the value is invariant to adding a constant to a variable's logits.
+    """
     k = log_z.shape[-1]
     c = logits - temperature.unsqueeze(-1) * log_z
-    c = c - c.max(dim=-1, keepdim=True).values.detach()
-    return (
-        math.lgamma(k)
-        + (k - 1) * torch.log(temperature)
-        - log_z.sum(-1)
-        + c.sum(-1)
-        - k * torch.logsumexp(c, dim=-1)
-    )
+    # sum_k c_k - K logsumexp(c) = sum_k log_softmax(c)_k: summands <= 0, no cancellation
+    return math.lgamma(k) + (k - 1) * torch.log(temperature) - log_z.sum(-1) + log_softmax(c).sum(-1)
 
 
 class GumbelSoftmax(RelaxrunDistribution):
@@ -82,7 +94,10 @@ class GumbelSoftmax(RelaxrunDistribution):
                 raise ValueError("GumbelSoftmax: probs must be non-negative and sum to 1 along the last dimension")
             param = param / param.sum(-1, keepdim=True)
         else:
-            param = param - param.logsumexp(-1, keepdim=True)
+            # samples and densities are invariant to a common shift of a variable's logits: subtracting
+            # the max bounds their size as normalising would, at a fraction of the cost (no logsumexp
+            # forward and backward); the ``logits`` property normalises them when it is read
+            param = param - param.detach().amax(-1, keepdim=True)
         temperature = check_positive(temperature, "temperature", "GumbelSoftmax", like=param,
                                      validate=validate_args is not False)
         batch_shape = param.shape[:-1]
@@ -92,11 +107,21 @@ class GumbelSoftmax(RelaxrunDistribution):
         setattr(self, name, param.expand(batch_shape + param.shape[-1:]))
         self._cache = None
         super().__init__(batch_shape, param.shape[-1:], validate_args=validate_args)
+        if name == "logits":
+            self._shifted_logits = self.__dict__.pop("logits")
 
     @lazy_property
     def logits(self) -> torch.Tensor:
+        if "_shifted_logits" in self.__dict__:
+            return log_softmax(self._shifted_logits)
         eps = torch.finfo(self.probs.dtype).tiny
         return torch.log(self.probs.clamp_min(eps))
+
+    def _logits_up_to_shift(self) -> torch.Tensor:
+        """The logits, possibly shifted by a constant per variable (all sampling and density code is
+        invariant to that shift, so it never pays for normalising them)."""
+        d = self.__dict__
+        return d["_shifted_logits"] if "_shifted_logits" in d else self.logits
 
     @lazy_property
     def probs(self) -> torch.Tensor:
@@ -106,7 +131,7 @@ class GumbelSoftmax(RelaxrunDistribution):
         new = self._get_checked_instance(GumbelSoftmax, _instance)
         batch_shape = torch.Size(batch_shape)
         new.temperature = self.temperature.expand(batch_shape)
-        for name in ("probs", "logits"):
+        for name in ("probs", "logits", "_shifted_logits"):
             if name in self.__dict__:
                 setattr(new, name, getattr(self, name).expand(batch_shape + self.event_shape))
         new._cache = None
@@ -117,9 +142,10 @@ class GumbelSoftmax(RelaxrunDistribution):
     def rsample_log(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """Differentiable sample of log z = log_softmax((logits + g) / tau)."""
         shape = self._extended_shape(sample_shape)
-        g = sample_gumbel(shape, self.logits.dtype, self.logits.device, generator)
-        y = (self.logits + g) / self.temperature.unsqueeze(-1)
-        return torch.log_softmax(y, dim=-1)
+        logits = self._logits_up_to_shift()
+        g = sample_gumbel(shape, logits.dtype, logits.device, generator)
+        y = (logits + g) / self.temperature.unsqueeze(-1)
+        return log_softmax(y)
 
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         log_z = self.rsample_log(sample_shape, generator)
@@ -133,7 +159,7 @@ class GumbelSoftmax(RelaxrunDistribution):
 
     def log_prob_log_value(self, log_z: torch.Tensor) -> torch.Tensor:
         """log p(z) computed from log z (exact where z itself would underflow)."""
-        return concrete_log_prob_from_log_value(log_z, self.logits, self.temperature)
+        return concrete_log_prob_from_log_value(log_z, self._logits_up_to_shift(), self.temperature)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._cache is not None and value is self._cache[0]:
