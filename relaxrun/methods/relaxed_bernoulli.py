@@ -28,18 +28,28 @@ from .base import (DiscreteLaw, Method, MethodConfig, Terms, bernoulli_kl, berno
 
 
 @dataclass
-class RelaxedBernoulliConfig(MethodConfig):
-    name: str = "relaxed_bernoulli"
+class BernoulliLatentConfig(MethodConfig):
+    """Options shared by methods whose latent is ``latent_dim`` Bernoulli units with a Bernoulli prior."""
+
     latent_dim: int = 200
-    hard: bool = False
-    kl: str = "analytic"
     prior_probs: float = 0.5
 
     def __post_init__(self):
         super().__post_init__()
         at_least("method.latent_dim", self.latent_dim, 1)
+        require(isinstance(self.prior_probs, (int, float)) and 0 < self.prior_probs < 1, "method.prior_probs",
+                "a number in (0, 1)", self.prior_probs)
+
+
+@dataclass
+class RelaxedBernoulliConfig(BernoulliLatentConfig):
+    name: str = "relaxed_bernoulli"
+    hard: bool = False
+    kl: str = "analytic"
+
+    def __post_init__(self):
+        super().__post_init__()
         one_of("method.kl", self.kl, ("analytic", "relaxed"))
-        require(0 < self.prior_probs < 1, "method.prior_probs", "a number in (0, 1)", self.prior_probs)
 
 
 class BernoulliLatentMethod(Method):

@@ -17,25 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import at_least, require
 from ..distributions.straight_through import StraightThroughBernoulli
 import torch
 
-from .base import DiscreteLaw, MethodConfig, Terms, bernoulli_nll, register
-from .relaxed_bernoulli import BernoulliLatentMethod
+from .base import DiscreteLaw, Terms, bernoulli_nll, register
+from .relaxed_bernoulli import BernoulliLatentConfig, BernoulliLatentMethod
 
 
 @dataclass
-class StraightThroughConfig(MethodConfig):
+class StraightThroughConfig(BernoulliLatentConfig):
     name: str = "straight_through"
-    latent_dim: int = 200
-    prior_probs: float = 0.5
-
-    def __post_init__(self):
-        super().__post_init__()
-        at_least("method.latent_dim", self.latent_dim, 1)
-        require(isinstance(self.prior_probs, (int, float)) and 0 < self.prior_probs < 1, "method.prior_probs",
-                "a number in (0, 1)", self.prior_probs)
 
 
 @register("straight_through")
