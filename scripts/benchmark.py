@@ -1,0 +1,1480 @@
+#!/usr/bin/env python
+"""relaxrun's benchmark suite; writes BENCHMARKS.md (and, with --json, the raw figures).
+
+    python scripts/benchmark.py --data-root ../shared/data --out BENCHMARKS.md          # full, ~15-25 min
+    python scripts/benchmark.py --smoke --out /tmp/BENCHMARKS.md                         # CI: 1 repeat, < 60 s
+
+Everything is measured in this one run, so the ratios compare figures taken side by side; where two
+pipelines are compared, their repeats are interleaved (A B A B ...) so that a change in machine load
+hits both. Every figure is the median of ``--repeats`` timed repeats after ``--warmup`` untimed
+ones, with min and max, and the machine's state during it: the 1-minute load average (start -> end)
+and the CPU time other processes used, in cores (from /proc/stat minus this process and its
+waited-for children). On a quiet 2-core machine the load average reads about the number of threads
+the benchmark itself runs; "other cores" near 0 is what a clean figure looks like.
+
+Sections (``--sections``, comma separated; all by default):
+
+* ``throughput`` -- seconds per epoch and steps/s of ``relaxrun.train.train`` (the real loop, the
+  ``seconds`` it writes to metrics.json: training only, evaluation excluded) for the default config
+  and the relaxit-demo-sized model, against a baseline in this file: the same model and method fed
+  by torchvision.datasets.MNIST + ToTensor() + DataLoader(shuffle=True, default workers) with
+  per-batch binarization and ``loss.item()`` per step, the pipeline public demos use.
+* ``breakdown`` -- relaxrun's step cut into data (index + binarize), forward, backward, optimizer,
+  logging (per-step bookkeeping + the periodic log), timed by a copy of the loop body of
+  relaxrun/train.py instrumented with timers; and the host synchronisations per step, counted in
+  the real ``train()`` by wrapping Tensor.item/tolist/__bool__/__float__/__int__/numpy and keeping
+  the calls made from relaxrun's own code (two runs of A and B steps; the difference / (B - A)).
+* ``kernels`` -- for every registered method, ``method.loss(params, identity decoder, x, tau)`` +
+  backward at batch 100 x 200 Bernoulli units / 100 x 20x10 categories; and the raw Binary Concrete
+  and Concrete kernels (rsample + log_prob + backward) beside torch.distributions' RelaxedBernoulli,
+  RelaxedOneHotCategorical and F.gumbel_softmax, with the share of non-finite log-densities and
+  gradients at small temperatures.
+* ``sweep`` -- wall time of the real ``relaxrun -m`` command running 4 short jobs, sequentially
+  (Hydra's basic launcher) and with ``hydra/launcher=joblib hydra.launcher.n_jobs=2``.
+* ``rss`` -- peak resident memory of a ``relaxrun`` training process (os.wait4 of the child).
+* ``threads`` -- steps/s of the training step at torch.set_num_threads(1) and (cores).
+* ``denormals`` -- the training step after ``--denormal-warmup`` steps of training, when Adam's
+  moment estimates of always-blank pixels decay through the subnormal range, with and without
+  ``torch.set_flush_denormal(True)`` (x86 FTZ/DAZ), at 1 thread and at all cores.
+* ``optimizer`` -- Adam's step for the default model as relaxrun/train.py builds it (torch's default
+  implementation for the device) beside ``foreach=True`` and ``fused=True``.
+* ``compile`` -- ``relaxrun trainer.compile=true`` vs eager, per-epoch times from metrics.json, a
+  cold compile cache (fresh TORCHINDUCTOR_CACHE_DIR), projected to a 10-epoch run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import linecache
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout; the sweep still needs relaxrun installed
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import relaxrun  # noqa: E402
+from relaxrun.config import register_configs, validate  # noqa: E402
+from relaxrun.data import load_data, load_images  # noqa: E402
+from relaxrun.methods import available_methods, build_method, get_method_class  # noqa: E402
+from relaxrun.models import build_model  # noqa: E402
+from relaxrun.train import Interrupted, pick_device, temperature, train  # noqa: E402
+
+SECTIONS = ("throughput", "breakdown", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
+
+CONFIGS = {
+    "default": {
+        "label": "default config: gumbel_softmax 20x10, MLP 784-512-256, batch 100",
+        "overrides": [],
+    },
+    "relaxit": {
+        "label": "relaxit-demo size: relaxed_bernoulli 20 units, MLP 784-400-20, batch 128",
+        "overrides": ["method=relaxed_bernoulli", "method.latent_dim=20", "model.hidden=[400]",
+                      "trainer.batch_size=128"],
+    },
+}
+
+TARGETS = {
+    "epoch_speedup": 3.0,  # default-config epoch vs the DataLoader baseline
+    "data_share": 0.05,  # data work as a share of step time
+    "kernel_speedup": 1.5,  # Binary Concrete / Gumbel-Softmax vs torch.distributions
+    "kernel_vs_gs": 3.0,  # any method's kernel at most this many times Gumbel-Softmax's
+    "sweep_speedup": 1.7,  # joblib n_jobs=2 vs sequential
+}
+
+log = logging.getLogger("benchmark")
+
+
+# ------------------------------------------------------------------------------------------------
+# machine state and figures
+# ------------------------------------------------------------------------------------------------
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    v = [int(x) for x in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already inside user/nice]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class Probe:
+    """The machine's state over one measurement window."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.load0 = os.getloadavg()[0]
+        self.busy0 = _busy_cpu_seconds()
+        self.own0 = _own_cpu_seconds()
+
+    def close(self) -> dict:
+        wall = max(time.perf_counter() - self.t0, 1e-9)
+        busy = _busy_cpu_seconds()
+        other = None
+        if busy is not None and self.busy0 is not None:
+            other = max(0.0, (busy - self.busy0 - (_own_cpu_seconds() - self.own0)) / wall)
+        return {"load1_start": self.load0, "load1_end": os.getloadavg()[0], "other_cores": other, "wall_s": wall}
+
+
+def summarize(values: list[float], probes: list[dict]) -> dict:
+    others = [p["other_cores"] for p in probes if p["other_cores"] is not None]
+    return {
+        "median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values),
+        "values": values,
+        "load1_start": probes[0]["load1_start"], "load1_end": probes[-1]["load1_end"],
+        "load1_max": max(max(p["load1_start"], p["load1_end"]) for p in probes),
+        "other_cores": statistics.median(others) if others else None,
+    }
+
+
+def measure(fns: dict[str, Callable[[], float | dict]], repeats: int, warmup: int) -> dict:
+    """Run every fn ``warmup`` times untimed, then ``repeats`` times interleaved (A B A B ...).
+
+    A fn returns a number or a dict of numbers; the result maps name (or name/key) -> figure.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    values: dict[str, list] = {k: [] for k in fns}
+    probes: dict[str, list] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            p = Probe()
+            values[name].append(fn())
+            probes[name].append(p.close())
+    out = {}
+    for name in fns:
+        first = values[name][0]
+        if isinstance(first, dict):
+            for key in first:
+                out[f"{name}/{key}"] = summarize([v[key] for v in values[name]], probes[name])
+        else:
+            out[name] = summarize(values[name], probes[name])
+    return out
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    import torchvision
+
+    info = {
+        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable,
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(), "device": str(device),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+        "relaxrun": str(Path(relaxrun.__file__).parent),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# data and configs
+# ------------------------------------------------------------------------------------------------
+
+def write_idx(path: Path, data: bytes, dims: tuple[int, ...]) -> None:
+    """An IDX file: magic 00 00 08 <ndim>, big-endian uint32 dims, uint8 data."""
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, len(dims)]))
+        f.write(struct.pack(">" + "I" * len(dims), *dims))
+        f.write(data)
+
+
+def generate_mnist(root: Path, n_train: int = 1000, n_test: int = 200, seed: int = 0) -> Path:
+    """Digit-sized random images in torchvision's MNIST layout, for --smoke without real data."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        images = torch.randint(0, 60, (n, 28, 28), generator=g, dtype=torch.uint8)
+        for k in range(10):  # a bright stroke whose row encodes the label
+            sel = labels == k
+            images[sel, 3 + 2 * k:6 + 2 * k, 4:24] = 220
+        write_idx(raw / f"{split}-images-idx3-ubyte", images.numpy().tobytes(), (n, 28, 28))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels.numpy().tobytes(), (n,))
+    return root
+
+
+class Context:
+    """Options and shared state of one benchmark run."""
+
+    def __init__(self, args, data_root: str, tmp: Path):
+        self.args = args
+        self.data_root = data_root
+        self.tmp = tmp
+        self.device = pick_device(args.device)
+        self.n_train = load_images("mnist", data_root, True, False).shape[0]
+        self.notes: list[str] = []
+        self.exe = relaxrun_command()
+        self.data_root_shown = "<generated>" if args.data_root is None else args.data_root
+
+    def base_overrides(self, iwae: bool = False) -> list[str]:
+        """Overrides of every run. The end-of-run IWAE bound (eval.iwae_samples) is off unless asked
+        for: it is evaluation, not training, and costs about as much as a few epochs."""
+        ov = [f"data.root={self.data_root}", "data.download=false", "trainer.progress=false",
+              "trainer.epochs=1", f"device={self.args.device}"] + ([] if iwae else ["eval.iwae_samples=0"])
+        if self.args.threads:
+            ov.append(f"trainer.threads={self.args.threads}")
+        return ov
+
+    def compose(self, overrides: list[str]):
+        from hydra import compose, initialize_config_module
+
+        with initialize_config_module(config_module="relaxrun.configs", version_base="1.3"):
+            return compose(config_name="config", overrides=self.base_overrides() + list(overrides))
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.n_train / batch_size)
+
+    def tmpdir(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+
+
+def relaxrun_command() -> list[str]:
+    exe = shutil.which("relaxrun", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "relaxrun.cli"]
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None):
+    """torch.set_num_threads(n) inside the block (train() sets it process-wide when asked to)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. training throughput: relaxrun's train() vs the DataLoader pipeline of public demos
+# ------------------------------------------------------------------------------------------------
+
+def relaxrun_epoch(ctx: Context, key: str, info: dict) -> dict:
+    """Seconds per epoch of relaxrun.train.train (training loop only, as metrics.json reports it)."""
+    steps = ctx.args.steps
+    cfg = ctx.compose(CONFIGS[key]["overrides"] + ([f"trainer.max_steps={steps}"] if steps else []))
+    run_dir = ctx.tmpdir("train-")
+    with num_threads(None):
+        t0 = time.perf_counter()
+        metrics = train(cfg, run_dir)
+        call = time.perf_counter() - t0
+    shutil.rmtree(run_dir, ignore_errors=True)
+    seconds, done = metrics["history"][0]["seconds"], metrics["steps"]
+    spe = ctx.steps_per_epoch(cfg.trainer.batch_size)
+    info.update(steps_timed=done, steps_per_epoch=spe)
+    # call_s - loop_s: data loading, model setup, the end-of-epoch evaluation, images, checkpoint
+    return {"epoch_s": seconds * spe / done, "loop_s": seconds, "call_s": call}
+
+
+class Baseline:
+    """The pipeline of the public demos: torchvision MNIST + ToTensor + DataLoader(shuffle=True),
+    binarized per batch, ``loss.item()`` every step; same model, method and optimizer as relaxrun."""
+
+    def __init__(self, ctx: Context, key: str):
+        import torchvision
+        from torchvision import transforms
+
+        self.ctx = ctx
+        cfg = ctx.compose(CONFIGS[key]["overrides"])
+        self.run, self.mcfg = validate(cfg)
+        self.dataset = torchvision.datasets.MNIST(ctx.data_root, train=True, download=False,
+                                                  transform=transforms.ToTensor())
+        torch.manual_seed(self.run.seed)
+        self.model = build_model(self.run.model, build_method(self.mcfg)).to(ctx.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.run.optim.lr,
+                                          weight_decay=self.run.optim.weight_decay)
+
+    def epoch(self, info: dict) -> float:
+        from torch.utils.data import DataLoader
+
+        bs, device, steps = self.run.trainer.batch_size, self.ctx.device, self.ctx.args.steps
+        loader = DataLoader(self.dataset, batch_size=bs, shuffle=True)
+        tau = self.mcfg.tau
+        total, n = 0.0, 0
+        with num_threads(self.run.trainer.threads or None):
+            t0 = time.perf_counter()
+            for images, _ in loader:
+                x = torch.bernoulli(images.view(images.shape[0], -1).to(device))
+                terms = self.model.loss(x, tau)
+                self.optimizer.zero_grad()
+                terms.loss.backward()
+                self.optimizer.step()
+                total += terms.loss.item()
+                n += 1
+                if steps and n >= steps:
+                    break
+            seconds = time.perf_counter() - t0
+        spe = len(loader)
+        info.update(steps_timed=n, steps_per_epoch=spe)
+        return seconds * spe / n
+
+
+def bench_throughput(ctx: Context) -> dict:
+    out = {}
+    for key in CONFIGS:
+        baseline = Baseline(ctx, key)
+        info_r, info_b = {}, {}
+        figs = measure({"relaxrun": lambda: relaxrun_epoch(ctx, key, info_r),
+                        "baseline": lambda: baseline.epoch(info_b)}, ctx.args.repeats, ctx.args.warmup)
+        r, b = figs["relaxrun/epoch_s"], figs["baseline"]
+        out[key] = {
+            "label": CONFIGS[key]["label"], "relaxrun": r, "baseline": b,
+            "relaxrun_call_s": figs["relaxrun/call_s"], "relaxrun_loop_s": figs["relaxrun/loop_s"],
+            "relaxrun_steps_timed": info_r["steps_timed"], "baseline_steps_timed": info_b["steps_timed"],
+            "steps_per_epoch": info_r["steps_per_epoch"],
+            "relaxrun_steps_per_s": info_r["steps_per_epoch"] / r["median"],
+            "baseline_steps_per_s": info_b["steps_per_epoch"] / b["median"],
+            "speedup": b["median"] / r["median"],
+            "speedup_range": [b["min"] / r["max"], b["max"] / r["min"]],
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. where the time goes, and host syncs per step
+# ------------------------------------------------------------------------------------------------
+
+PHASES = ("data", "forward", "backward", "optimizer", "logging")
+
+
+class InstrumentedLoop:
+    """The loop body of relaxrun/train.py with a timer between its parts (kept in step with it:
+    batches + train_batch; model.loss; zero_grad + backward; optimizer.step; the per-step stack of
+    loss parts, tau logging and the log every trainer.log_every steps)."""
+
+    def __init__(self, ctx: Context, key: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg = ctx.compose(CONFIGS[key]["overrides"])
+        self.run, self.mcfg = validate(cfg)
+        self.device = ctx.device
+        torch.manual_seed(self.run.seed)
+        self.gens = {"data": torch.Generator(device=self.device).manual_seed(self.run.seed + 1),
+                     "binarize": torch.Generator(device=self.device).manual_seed(self.run.seed + 2)}
+        self.data = load_data(self.run.data, self.device)
+        self.model = build_model(self.run.model, build_method(self.mcfg)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.run.optim.lr,
+                                          weight_decay=self.run.optim.weight_decay)
+        self.writer = SummaryWriter(str(ctx.tmpdir("tb-")))
+        self.step = 0
+        self.batches = None
+        self.last_tau = None
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def next_batch(self):
+        tr = self.run.trainer
+        while True:
+            if self.batches is None:
+                self.batches = self.data.batches(tr.batch_size, self.gens["data"])
+            try:
+                return next(self.batches)
+            except StopIteration:
+                self.batches = None
+
+    def steps(self, n: int, timed: bool = True) -> dict:
+        tr, dev, model, opt = self.run.trainer, self.device, self.model, self.optimizer
+        t = dict.fromkeys(PHASES, 0.0)
+        run_loss = torch.zeros(3, device=dev)
+        epoch_sum = torch.zeros(3, device=dev)
+        run_n = 0
+        pc = time.perf_counter
+        with num_threads(tr.threads or None):
+            for _ in range(n):
+                t0 = pc()
+                _, _, idx = self.next_batch()
+                x = self.data.train_batch(idx, self.gens["binarize"])
+                tau = temperature(tr, self.mcfg.tau, self.step)
+                if timed:
+                    sync(dev)
+                t1 = pc()
+                terms = model.loss(x, tau)
+                if timed:
+                    sync(dev)
+                t2 = pc()
+                opt.zero_grad(set_to_none=True)
+                terms.loss.backward()
+                if timed:
+                    sync(dev)
+                t3 = pc()
+                opt.step()
+                if timed:
+                    sync(dev)
+                t4 = pc()
+                self.step += 1
+                parts = torch.stack([terms.loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean()])
+                run_loss += parts
+                epoch_sum += parts
+                run_n += 1
+                if tau != self.last_tau:
+                    self.writer.add_scalar("train/tau", tau, self.step)
+                    self.last_tau = tau
+                if self.step % tr.log_every == 0:
+                    avg = (run_loss / run_n).tolist()
+                    for name, v in zip(("loss", "recon", "kl"), avg):
+                        self.writer.add_scalar(f"train/{name}", v, self.step)
+                    self.writer.add_scalar("train/lr", opt.param_groups[0]["lr"], self.step)
+                    run_loss.zero_()
+                    run_n = 0
+                if timed:
+                    sync(dev)
+                t5 = pc()
+                for name, a, b in zip(PHASES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+                    t[name] += b - a
+        total = sum(t.values())
+        out = {f"{k}_ms": 1e3 * v / n for k, v in t.items()}
+        out["total_ms"] = 1e3 * total / n
+        out.update({f"{k}_share": v / total for k, v in t.items()})
+        return out
+
+
+SYNC_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+
+
+@contextlib.contextmanager
+def count_host_syncs(counter: dict):
+    """Count Tensor.item/tolist/__bool__/__float__/__int__/numpy calls made from relaxrun's code,
+    keyed by (file:line, method). Each is a device->host copy that stalls a GPU's queue."""
+    pkg = str(Path(relaxrun.__file__).resolve().parent)
+    prefix = pkg + os.sep
+    saved = {}
+    for name in SYNC_METHODS:
+        saved[name] = torch.Tensor.__dict__.get(name, None)
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, __original=original, __name=name, **k):
+            caller = sys._getframe(1)
+            filename = os.path.abspath(caller.f_code.co_filename)
+            if filename.startswith(prefix):
+                key = (f"{os.path.relpath(filename, os.path.dirname(pkg))}:{caller.f_lineno}", __name)
+                counter[key] = counter.get(key, 0) + 1
+            return __original(self, *a, **k)
+
+        setattr(torch.Tensor, name, wrapper)
+    try:
+        yield counter
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, old)
+
+
+def syncs_per_step(ctx: Context, key: str) -> dict:
+    """Host syncs issued by relaxrun code per training step of the real train(): runs of A and B
+    steps within one epoch share every once-per-run and once-per-epoch call, so the difference of
+    their counts over B - A steps is the per-step rate."""
+    cfg = ctx.compose(CONFIGS[key]["overrides"])
+    spe = ctx.steps_per_epoch(cfg.trainer.batch_size)
+    log_every = cfg.trainer.log_every
+    extra = []
+    if 3 * log_every >= spe:
+        log_every = max(1, (spe - 1) // 3)
+        extra.append(f"trainer.log_every={log_every}")
+    a, b = log_every, 3 * log_every
+    counts = []
+    for steps in (a, b):
+        cfg = ctx.compose(CONFIGS[key]["overrides"] + extra + [f"trainer.max_steps={steps}"])
+        counter: dict = {}
+        run_dir = ctx.tmpdir("syncs-")
+        with num_threads(None), count_host_syncs(counter):
+            train(cfg, run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        counts.append(counter)
+    keys = sorted(set(counts[0]) | set(counts[1]))
+    per_line = []
+    for k in keys:
+        d = counts[1].get(k, 0) - counts[0].get(k, 0)
+        if d:
+            file_line, method = k
+            path, line = file_line.rsplit(":", 1)
+            code = linecache.getline(str(Path(relaxrun.__file__).resolve().parents[1] / path), int(line)).strip()
+            per_line.append({"where": file_line, "call": method, "per_step": d / (b - a), "code": code})
+    return {"per_step": sum(p["per_step"] for p in per_line), "lines": per_line, "log_every": log_every,
+            "steps": [a, b], "total_per_run": [sum(c.values()) for c in counts]}
+
+
+def bench_breakdown(ctx: Context, throughput: dict | None) -> dict:
+    out = {}
+    for key in CONFIGS:
+        loop = InstrumentedLoop(ctx, key)
+        n = ctx.args.breakdown_steps
+        figs = measure({"step": lambda: loop.steps(n)}, ctx.args.repeats, ctx.args.warmup)
+        loop.close()
+        res = {"label": CONFIGS[key]["label"], "steps": n,
+               "phases": {k.split("/", 1)[1]: v for k, v in figs.items()}}
+        if throughput and key in throughput:
+            t = throughput[key]
+            res["train_ms_per_step"] = 1e3 * t["relaxrun"]["median"] / t["steps_per_epoch"]
+        out[key] = res
+    out["syncs"] = syncs_per_step(ctx, "default")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. distribution kernels
+# ------------------------------------------------------------------------------------------------
+
+KERNEL_BATCH = 100
+BERNOULLI_UNITS = 200
+CATEGORICAL = (20, 10)
+
+
+def method_kernel_case(name: str):
+    """(callable doing loss + backward, description) for method ``name`` at the fixed size, or a
+    string saying why it cannot run."""
+    try:
+        cls = get_method_class(name)
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        if "categories" in fields:
+            kwargs = {"latent_dim": CATEGORICAL[0], "categories": CATEGORICAL[1]}
+            size = f"{KERNEL_BATCH} x {CATEGORICAL[0]}x{CATEGORICAL[1]}"
+        elif "latent_dim" in fields:
+            kwargs = {"latent_dim": BERNOULLI_UNITS}
+            size = f"{KERNEL_BATCH} x {BERNOULLI_UNITS}"
+        else:
+            return f"its config has no latent_dim option (fields: {', '.join(sorted(fields))})"
+        method = cls(cls.Config(**kwargs))
+        g = torch.Generator().manual_seed(0)
+        params = torch.randn(KERNEL_BATCH, method.param_dim, generator=g).requires_grad_()
+        x = torch.bernoulli(torch.full((KERNEL_BATCH, method.latent_dim), 0.5), generator=g)
+
+        def decode(z):  # identity: the decoder costs nothing, the kernel is all that is timed
+            return z
+
+        def call():
+            params.grad = None
+            method.zero_grad(set_to_none=True)
+            method.loss(params, decode, x, 1.0).loss.backward()
+
+        call()  # fails here rather than inside the timing
+        return call, size
+    except Exception as err:  # noqa: BLE001 - a method still being written must not sink the suite
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def raw_kernel_cases() -> dict:
+    """name -> (make(tau) -> callable, family, description)."""
+    from torch.distributions import RelaxedBernoulli as TorchRelaxedBernoulli
+    from torch.distributions import RelaxedOneHotCategorical
+
+    from relaxrun.distributions.binary_concrete import RelaxedBernoulli
+    from relaxrun.distributions.concrete import GumbelSoftmax
+
+    def case(shape, body):
+        def make(tau: float):
+            g = torch.Generator().manual_seed(0)
+            logits = (2 * torch.randn(shape, generator=g)).requires_grad_()
+            w = torch.randn(shape, generator=g)
+            state = {}
+
+            def call():
+                logits.grad = None
+                z, lp = body(logits, tau)
+                loss = (z * w).sum() + (lp.sum() if lp is not None else 0.0)
+                loss.backward()
+                state.update(lp=lp, grad=logits.grad)
+
+            return call, state
+        return make
+
+    bshape, cshape = (KERNEL_BATCH, BERNOULLI_UNITS), (KERNEL_BATCH, *CATEGORICAL)
+    t = torch.tensor
+
+    def rr_bc(lg, tau):
+        q = RelaxedBernoulli(tau, logits=lg, validate_args=False)
+        z = q.rsample()
+        return z, q.log_prob(z)
+
+    def rr_bc_logit(lg, tau):
+        q = RelaxedBernoulli(tau, logits=lg, validate_args=False)
+        y = q.rsample_logit()
+        return torch.sigmoid(y), q.log_prob_logit(y)
+
+    def torch_bc(lg, tau):
+        q = TorchRelaxedBernoulli(t(tau), logits=lg, validate_args=False)
+        z = q.rsample()
+        return z, q.log_prob(z)
+
+    def rr_gs(lg, tau):
+        q = GumbelSoftmax(tau, logits=lg, validate_args=False)
+        z = q.rsample()
+        return z, q.log_prob(z)
+
+    def rr_gs_log(lg, tau):
+        q = GumbelSoftmax(tau, logits=lg, validate_args=False)
+        log_z = q.rsample_log()
+        return log_z.exp(), q.log_prob_log_value(log_z)
+
+    def torch_gs(lg, tau):
+        q = RelaxedOneHotCategorical(t(tau), logits=lg, validate_args=False)
+        z = q.rsample()
+        return z, q.log_prob(z)
+
+    def f_gs(lg, tau):
+        return F.gumbel_softmax(lg, tau=tau), None
+
+    return {
+        "relaxrun RelaxedBernoulli: rsample, log_prob": (case(bshape, rr_bc), "binary", "relaxrun"),
+        "relaxrun RelaxedBernoulli: rsample_logit, log_prob_logit (the method's path)":
+            (case(bshape, rr_bc_logit), "binary", "relaxrun"),
+        "torch.distributions.RelaxedBernoulli: rsample, log_prob": (case(bshape, torch_bc), "binary", "torch"),
+        "relaxrun GumbelSoftmax: rsample, log_prob": (case(cshape, rr_gs), "categorical", "relaxrun"),
+        "relaxrun GumbelSoftmax: rsample_log, log_prob_log_value (the method's path)":
+            (case(cshape, rr_gs_log), "categorical", "relaxrun"),
+        "torch.distributions.RelaxedOneHotCategorical: rsample, log_prob":
+            (case(cshape, torch_gs), "categorical", "torch"),
+        "F.gumbel_softmax: rsample only (no density)": (case(cshape, f_gs), "categorical", "torch"),
+    }
+
+
+ACCURACY_TAUS = (0.1, 0.05)
+
+
+def per_call_ms(call: Callable[[], None], calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return 1e3 * (time.perf_counter() - t0) / calls
+
+
+def bench_kernels(ctx: Context) -> dict:
+    calls = ctx.args.kernel_calls
+    methods, skipped, fns = {}, {}, {}
+    with num_threads(ctx.args.threads or None):
+        for name in available_methods():
+            case = method_kernel_case(name)
+            if isinstance(case, str):
+                skipped[name] = case
+                continue
+            call, size = case
+            methods[name] = {"size": size}
+            fns[f"method:{name}"] = (lambda c=call: per_call_ms(c, calls))
+        raw = raw_kernel_cases()
+        accuracy = {}
+        for name, (make, family, lib) in raw.items():
+            call, _ = make(1.0)
+            call()
+            fns[f"raw:{name}"] = (lambda c=call: per_call_ms(c, calls))
+            acc = {}
+            for tau in ACCURACY_TAUS:
+                c, state = make(tau)
+                c()
+                lp, grad = state["lp"], state["grad"]
+                acc[str(tau)] = {
+                    "logprob_nonfinite": None if lp is None else float((~torch.isfinite(lp)).float().mean()),
+                    "grad_nonfinite": float((~torch.isfinite(grad)).float().mean()),
+                }
+            accuracy[name] = {"family": family, "lib": lib, "small_tau": acc}
+        figs = measure(fns, ctx.args.repeats, ctx.args.warmup)
+    for name in methods:
+        methods[name]["ms"] = figs[f"method:{name}"]
+    gs = methods.get("gumbel_softmax", {}).get("ms", {}).get("median")
+    for name, m in methods.items():
+        m["vs_gumbel_softmax"] = m["ms"]["median"] / gs if gs else None
+    raw_out = {name: dict(accuracy[name], ms=figs[f"raw:{name}"]) for name in raw}
+    return {"calls_per_repeat": calls, "methods": methods, "skipped": skipped, "raw": raw_out}
+
+
+# ------------------------------------------------------------------------------------------------
+# 4./5. subprocess runs: sweep throughput, peak RSS, compile
+# ------------------------------------------------------------------------------------------------
+
+# Started by a small Python process rather than by the benchmark itself: on Linux a child's ru_maxrss
+# starts at the resident size of the process it was forked from (exec records the old address
+# space's high-water mark), so a child of this ~1 GB process would report at least ~1 GB.
+_SPAWNER = r"""
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[2:])
+_, status, ru = os.wait4(p.pid, 0)
+kib = ru.ru_maxrss / 1024 if sys.platform == "darwin" else ru.ru_maxrss
+with open(sys.argv[1], "w") as f:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - t0,
+               "maxrss_mib": kib / 1024, "cpu_s": ru.ru_utime + ru.ru_stime}, f)
+"""
+
+
+def run_child(cmd: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run ``cmd``: exit code, wall time, CPU time and the child's own peak RSS (os.wait4 on it)."""
+    result = log_path.with_suffix(".rusage.json")
+    with open(log_path, "wb") as logf:
+        p = subprocess.run([sys.executable, "-c", _SPAWNER, str(result), *cmd], stdout=logf,
+                           stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    if not result.exists():
+        return {"rc": p.returncode or 1, "wall_s": float("nan"), "maxrss_mib": float("nan"), "cpu_s": float("nan")}
+    return json.loads(result.read_text())
+
+
+def child_failed(res: dict, log_path: Path) -> str:
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+    return f"exit {res['rc']}: " + " | ".join(tail)
+
+
+def joblib_available() -> bool:
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+SWEEP = ["method=relaxed_bernoulli,gumbel_softmax", "tau=0.5,1.0"]
+
+
+def bench_sweep(ctx: Context) -> dict:
+    steps = ctx.args.sweep_steps
+    base = ctx.exe + ["-m", *SWEEP, f"trainer.max_steps={steps}"] + [
+        o for o in ctx.base_overrides() if not o.startswith("trainer.threads=")]
+    own = [f"trainer.threads={ctx.args.threads}"] if ctx.args.threads else []
+    variants = {"sequential (basic launcher)": own}
+    notes = []
+    if ctx.args.smoke:  # three more Python processes importing torch: too slow for a CI smoke run
+        notes.append("--smoke: the joblib launcher is not run")
+    elif joblib_available():
+        variants["joblib, n_jobs=2"] = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] + own
+        variants["joblib, n_jobs=2, trainer.threads=1"] = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                                           "trainer.threads=1"]
+    else:
+        notes.append("hydra-joblib-launcher is not installed (pip install 'relaxrun[sweep]'): joblib not measured")
+    rss = {}
+
+    def make(name, extra):
+        def fn():
+            d = ctx.tmpdir("sweep-")
+            logp = d / "log.txt"
+            res = run_child(base + extra + [f"hydra.sweep.dir={d / 'multirun'}"], logp, cwd=d)
+            jobs = len(list((d / "multirun").rglob("metrics.json")))
+            if res["rc"] != 0 or jobs != 4:
+                raise RuntimeError(f"sweep '{name}' failed ({jobs}/4 jobs wrote metrics.json; "
+                                   f"{child_failed(res, logp)})")
+            rss.setdefault(name, []).append(res["maxrss_mib"])
+            shutil.rmtree(d, ignore_errors=True)
+            return res["wall_s"]
+        return fn
+
+    figs = measure({name: make(name, extra) for name, extra in variants.items()}, ctx.args.repeats,
+                   ctx.args.sweep_warmup)
+    seq = figs["sequential (basic launcher)"]["median"]
+    shown = [c.replace(ctx.data_root, ctx.data_root_shown) for c in base[len(ctx.exe):]]
+    out = {"jobs": 4, "steps_per_job": steps, "command": " ".join(shlex.quote(c) for c in ["relaxrun", *shown]),
+           "variants": {}, "notes": notes}
+    for name, fig in figs.items():
+        out["variants"][name] = {"wall": fig, "jobs_per_min": 4 * 60 / fig["median"], "speedup": seq / fig["median"],
+                                 "parent_maxrss_mib": statistics.median(rss[name])}
+    return out
+
+
+def bench_rss(ctx: Context) -> dict:
+    steps = ctx.args.rss_steps
+    out = {"steps": steps, "runs": {}}
+    fns = {}
+    runs = {key: (CONFIGS[key]["label"], CONFIGS[key]["overrides"] + ctx.base_overrides()) for key in CONFIGS}
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="relaxrun.configs", version_base="1.3"):
+        iwae = compose(config_name="config", overrides=ctx.base_overrides(iwae=True)).eval.iwae_samples
+    if iwae:
+        runs["default+iwae"] = (f"default config with its end-of-run IWAE bound (eval.iwae_samples={iwae})",
+                                ctx.base_overrides(iwae=True))
+    keys = ["default"] if ctx.args.smoke else list(runs)
+    for key in keys:
+        def fn(key=key):
+            d = ctx.tmpdir("rss-")
+            logp = d / "log.txt"
+            res = run_child(ctx.exe + runs[key][1] + [f"trainer.max_steps={steps}", f"hydra.run.dir={d / 'run'}"],
+                            logp, cwd=d)
+            if res["rc"] != 0:
+                raise RuntimeError(f"relaxrun ({key}) failed: {child_failed(res, logp)}")
+            shutil.rmtree(d, ignore_errors=True)
+            return res["maxrss_mib"]
+        fns[key] = fn
+    figs = measure(fns, ctx.args.repeats, 0)
+    for key in keys:
+        out["runs"][key] = {"label": runs[key][0], "maxrss_mib": figs[key]}
+    return out
+
+
+def bench_compile(ctx: Context) -> dict:
+    """relaxrun with trainer.compile=true vs false, each one process with a cold inductor cache."""
+    epochs = ctx.args.compile_epochs
+    out = {"epochs": epochs, "runs": {}}
+    for label, flag in (("eager", "false"), ("compiled", "true")):
+        d = ctx.tmpdir("compile-")
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(d / "inductor"))
+        logp = d / "log.txt"
+        p = Probe()
+        ov = [o for o in ctx.base_overrides() if not o.startswith("trainer.epochs=")]
+        res = run_child(ctx.exe + ov + [f"trainer.compile={flag}", f"trainer.epochs={epochs}",
+                                        f"hydra.run.dir={d / 'run'}"], logp, env=env, cwd=d)
+        probe = p.close()
+        metrics_path = d / "run" / "metrics.json"
+        if res["rc"] != 0 or not metrics_path.exists():
+            out["runs"][label] = {"error": child_failed(res, logp)}
+            continue
+        hist = json.loads(metrics_path.read_text())["history"]
+        cum = [h["seconds"] for h in hist]
+        per_epoch = [b - a for a, b in zip([0.0] + cum[:-1], cum)]
+        rest = per_epoch[1:] or per_epoch
+        steady = statistics.median(rest)
+        out["runs"][label] = {
+            "wall_s": res["wall_s"], "maxrss_mib": res["maxrss_mib"], "epoch_s": per_epoch,
+            "first_epoch_s": per_epoch[0], "steady_epoch": summarize(rest, [probe]),
+            "projected_10_epochs_s": per_epoch[0] + 9 * steady,
+            "test_neg_elbo": hist[-1].get("test_neg_elbo"),
+        }
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def bench_threads(ctx: Context) -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    settings = sorted({1, cores})
+    loop = InstrumentedLoop(ctx, "default")
+    n = ctx.args.threads_steps
+
+    def fn(k):
+        def run():
+            with num_threads(k):
+                return loop.steps(n, timed=False)["total_ms"]
+        return run
+
+    figs = measure({str(k): fn(k) for k in settings}, ctx.args.repeats, ctx.args.warmup)
+    loop.close()
+    return {"steps": n, "label": CONFIGS["default"]["label"],
+            "settings": {k: {"ms_per_step": f, "steps_per_s": 1e3 / f["median"]} for k, f in figs.items()}}
+
+
+def subnormal_share(tensors) -> float:
+    n = bad = 0
+    for t in tensors:
+        if t.is_floating_point():
+            tiny = torch.finfo(t.dtype).tiny
+            bad += int(((t != 0) & (t.abs() < tiny)).sum())
+            n += t.numel()
+    return bad / max(n, 1)
+
+
+def bench_denormals(ctx: Context) -> dict:
+    loop = InstrumentedLoop(ctx, "default")
+    warm = ctx.args.denormal_warmup
+    loop.steps(warm, timed=False)
+    state = loop.optimizer.state.values()
+    shares = {"adam exp_avg": subnormal_share(st["exp_avg"] for st in state),
+              "adam exp_avg_sq": subnormal_share(st["exp_avg_sq"] for st in state),
+              "parameters": subnormal_share(loop.model.parameters())}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = ctx.args.threads_steps
+    supported = torch.set_flush_denormal(False) or torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
+
+    def fn(threads, flush):
+        def run():
+            torch.set_flush_denormal(flush)
+            try:
+                with num_threads(threads):
+                    return loop.steps(n, timed=False)["total_ms"]
+            finally:
+                torch.set_flush_denormal(False)
+        return run
+
+    fns = {}
+    for k in sorted({1, cores}):
+        fns[f"{k} thread(s), default"] = fn(k, False)
+        if supported:
+            fns[f"{k} thread(s), set_flush_denormal(True)"] = fn(k, True)
+    figs = measure(fns, ctx.args.repeats, 0)
+    loop.close()
+    return {"warmup_steps": warm, "steps": n, "subnormal_share": shares, "supported": bool(supported),
+            "variants": figs}
+
+
+def bench_optimizer(ctx: Context) -> dict:
+    cfg = ctx.compose(CONFIGS["default"]["overrides"])
+    run, mcfg = validate(cfg)
+    variants = {"default (as relaxrun/train.py builds it)": {}, "foreach=True": {"foreach": True},
+                "fused=True": {"fused": True}}
+    n = ctx.args.optimizer_steps
+    fns, notes, tensors = {}, [], 0
+    for name, kw in variants.items():
+        try:
+            torch.manual_seed(run.seed)
+            model = build_model(run.model, build_method(mcfg)).to(ctx.device)
+            opt = torch.optim.Adam(model.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay, **kw)
+            x = torch.bernoulli(torch.full((run.trainer.batch_size, 784), 0.3, device=ctx.device))
+            model.loss(x, mcfg.tau).loss.backward()
+            opt.step()
+            tensors = len(list(model.parameters()))
+        except Exception as err:  # noqa: BLE001 - e.g. fused Adam not available for this device/torch
+            notes.append(f"Adam({', '.join(f'{k}={v}' for k, v in kw.items())}) not available here: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            continue
+
+        def fn(opt=opt):
+            with num_threads(run.trainer.threads or None):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    opt.step()
+                sync(ctx.device)
+                return 1e3 * (time.perf_counter() - t0) / n
+        fns[name] = fn
+    figs = measure(fns, ctx.args.repeats, ctx.args.warmup)
+    return {"steps": n, "parameter_tensors": tensors, "variants": figs, "notes": notes}
+
+
+# ------------------------------------------------------------------------------------------------
+# BENCHMARKS.md
+# ------------------------------------------------------------------------------------------------
+
+def num(x) -> str:
+    if x is None:
+        return "-"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def fig_cells(f: dict, scale: float = 1.0) -> list[str]:
+    other = "-" if f.get("other_cores") is None else f"{f['other_cores']:.2f}"
+    return [num(f["median"] * scale), num(f["min"] * scale), num(f["max"] * scale), str(f["n"]),
+            f"{f['load1_start']:.2f} → {f['load1_end']:.2f}", other]
+
+
+FIG_HEAD = ["median", "min", "max", "n", "load (1 min) start → end", "other cores busy"]
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines + [""]
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def render(res: dict) -> str:
+    a = res["args"]
+    m = res["machine"]
+    L: list[str] = ["# relaxrun benchmarks", ""]
+    L += ["Generated by `scripts/benchmark.py`; do not edit by hand. Reproduce from the repository root:", "",
+          f"    {res['command']}", ""]
+    worst = res.get("max_other_cores")
+    if a["smoke"]:
+        L += ["> **SMOKE RUN** (`--smoke`: 1 repeat, tiny sizes" + (", generated data" if res["generated_data"] else "")
+              + "). These numbers only show that the suite runs; they are not benchmarks.", ""]
+    elif worst is not None and worst > 0.25:
+        L += [f"> **PROVISIONAL**: measured on a shared machine. Other processes kept up to {worst:.2f} of "
+              f"{m['usable_cores']} cores busy during a figure (load average up to {res['max_load']:.2f}); timings "
+              "are noisy and ratios between interleaved figures are more trustworthy than absolute times. "
+              "Re-run the command above on a quiet machine for the reference numbers.", ""]
+    thr = (f"all figures at `--threads {a['threads']}` (torch.set_num_threads / trainer.threads) unless a "
+           "table varies it" if a["threads"] else f"torch's default threads ({m['threads']})")
+    L += [f"Run {res['started']} → {res['finished']} ({res['duration_s'] / 60:.1f} min), {thr}. Every figure: median of "
+          f"{a['repeats']} timed repeats after {a['warmup']} warm-up, with min and max; side-by-side figures were "
+          "measured interleaved (A B A B ...). *load* is the 1-minute load average at the start and end of the "
+          "figure (the benchmark's own threads count: on a quiet machine it reads about the threads in use); "
+          "*other cores busy* is CPU time used by other processes during the figure, in cores (from /proc/stat). "
+          "Every relaxrun run here sets `eval.iwae_samples=0` (the end-of-run IWAE bound is evaluation, not "
+          "training) except the peak-memory row that names it.",
+          ""]
+    L += ["## Machine", ""]
+    L += table(["item", "value"], [[k, f"`{v}`" if k in ("relaxrun", "platform") else str(v)] for k, v in m.items()])
+
+    targets: list[list[str]] = []
+    tp = res.get("throughput")
+    if tp:
+        L += ["## 1. Training throughput", ""]
+        how = (f"a fixed {a['steps']} steps extrapolated to an epoch" if a["steps"] else "whole epochs")
+        L += [f"Timed over {how} on `{res['data_root_shown']}` ({res['n_train']} training images). *relaxrun* is "
+              "`relaxrun.train.train()`, the loop the CLI runs, timed by its own clock (the `seconds` in "
+              "metrics.json: training loop only, evaluation and checkpoints excluded; `trainer.progress=false`). "
+              "*baseline* is the same model, method and Adam fed by `torchvision.datasets.MNIST` + `ToTensor()` + "
+              "`DataLoader(shuffle=True)` (default `num_workers=0`), binarized per batch with `torch.bernoulli`, "
+              "`loss.item()` every step.", ""]
+        rows = []
+        for key, t in tp.items():
+            for who in ("relaxrun", "baseline"):
+                rows.append([t["label"] if who == "relaxrun" else "", who] + fig_cells(t[who])
+                            + [f"{t[who + '_steps_per_s']:.1f}"])
+        L += table(["config", "pipeline", "s/epoch median", "min", "max", "n", "load", "other cores",
+                    "steps/s (median)"], rows)
+        rows = [[t["label"], f"{t['speedup']:.2f}x", f"{t['speedup_range'][0]:.2f}x – {t['speedup_range'][1]:.2f}x",
+                 str(t["steps_per_epoch"]), f"{t['relaxrun_call_s']['median']:.2f}",
+                 f"{t['relaxrun_call_s']['median'] - t['relaxrun_loop_s']['median']:.2f}"] for t in tp.values()]
+        L += table(["config", "relaxrun speed-up (baseline / relaxrun)", "range (worst – best)", "steps/epoch",
+                    "whole train() call s", "of which outside the loop s (load, eval, images, checkpoint)"], rows)
+        ceilings = {}
+        bd0 = res.get("breakdown") or {}
+        for key, t in tp.items():
+            if key in bd0:
+                ph = bd0[key]["phases"]
+                model_ms = sum(ph[f"{p}_ms"]["median"] for p in ("forward", "backward", "optimizer"))
+                base_ms = 1e3 * t["baseline"]["median"] / t["steps_per_epoch"]
+                ceilings[key] = base_ms / model_ms
+                L += [f"*Ceiling* ({t['label']}): the model's own work (forward + backward + optimizer, section 2) "
+                      f"takes {model_ms:.2f} ms/step and the baseline's whole step {base_ms:.2f} ms, so even a data "
+                      f"pipeline costing nothing could be at most **{ceilings[key]:.2f}x** faster than the baseline "
+                      "with this model, optimizer and thread setting."]
+        if ceilings:
+            L += [""]
+        d = tp.get("default")
+        if d:
+            ok = None if a["smoke"] else d["speedup"] >= TARGETS["epoch_speedup"]
+            reached = f"{d['speedup']:.2f}x"
+            if "default" in ceilings:
+                reached += f" (ceiling with free data: {ceilings['default']:.2f}x)"
+            targets.append([f"default-config epoch ≥ {TARGETS['epoch_speedup']:.0f}x faster than the DataLoader "
+                            "baseline", reached, verdict(ok)])
+
+    bd = res.get("breakdown")
+    if bd:
+        L += ["## 2. Where the time goes", ""]
+        L += ["Per-step time of relaxrun's loop body (a copy of relaxrun/train.py's step with a timer between its "
+              "parts; *logging* is the per-step stack of the loss parts plus the scalar log every "
+              "`trainer.log_every` steps), over "
+              f"{bd['default']['steps']} steps per repeat.", ""]
+        for key in CONFIGS:
+            if key not in bd:
+                continue
+            b = bd[key]
+            rows = []
+            for ph in PHASES:
+                ms = b["phases"][f"{ph}_ms"]
+                sh = b["phases"][f"{ph}_share"]
+                rows.append([ph] + fig_cells(ms)[:3] + [f"{100 * sh['median']:.1f} %",
+                                                        f"{100 * sh['min']:.1f} – {100 * sh['max']:.1f} %"])
+            tot = b["phases"]["total_ms"]
+            rows.append(["**total**"] + fig_cells(tot)[:3] + ["100 %", ""])
+            oc = "-" if tot["other_cores"] is None else f"{tot['other_cores']:.2f}"
+            L += [f"**{b['label']}** (load {tot['load1_start']:.2f} → {tot['load1_end']:.2f}, other cores {oc})", ""]
+            L += table(["phase", "ms/step median", "min", "max", "share (median)", "share range"], rows)
+            if "train_ms_per_step" in b:
+                L += [f"The uninstrumented `train()` of section 1 ran {b['train_ms_per_step']:.2f} ms/step "
+                      f"(instrumented: {tot['median']:.2f} ms/step).", ""]
+        s = bd["syncs"]
+        L += [f"**Host synchronisations per step** in the real `train()` (default config, "
+              f"`trainer.log_every={s['log_every']}`; calls of `.item()/.tolist()/bool()/float()/int()/.numpy()` "
+              f"on tensors made from relaxrun's code, counted in runs of {s['steps'][0]} and {s['steps'][1]} "
+              f"steps, difference / {s['steps'][1] - s['steps'][0]}): **{s['per_step']:.3g} per step**.", ""]
+        if s["lines"]:
+            L += table(["where", "call", "per step", "code"],
+                       [[p["where"], p["call"], f"{p['per_step']:.3g}", f"`{p['code']}`"] for p in s["lines"]])
+        d = bd.get("default")
+        if d:
+            share = d["phases"]["data_share"]["median"]
+            ok = None if a["smoke"] else share < TARGETS["data_share"]
+            targets.append([f"data work < {100 * TARGETS['data_share']:.0f} % of step time (default config)",
+                            f"{100 * share:.1f} %", verdict(ok)])
+
+    kr = res.get("kernels")
+    if kr:
+        L += ["## 3. Distribution kernels", ""]
+        L += [f"Time per call, {kr['calls_per_repeat']} calls per repeat, tau = 1. Methods: "
+              "`method.loss(params, decode, x, tau)` + backward with an identity decoder (so the latent "
+              "kernel is all that is timed) at the method's default options, batch "
+              f"{KERNEL_BATCH} x {BERNOULLI_UNITS} units (100 x 20x10 for categorical methods).", ""]
+        rows = []
+        for name, mm in sorted(kr["methods"].items(), key=lambda kv: kv[1]["ms"]["median"]):
+            rows.append([f"`{name}`", mm["size"]] + fig_cells(mm["ms"])
+                        + [f"{mm['vs_gumbel_softmax']:.2f}x" if mm["vs_gumbel_softmax"] else "-"])
+        L += table(["method", "size", "ms/call median", "min", "max", "n", "load", "other cores",
+                    "vs gumbel_softmax"], rows)
+        for name, why in kr["skipped"].items():
+            L += [f"* `{name}` skipped: {why}"]
+        if kr["skipped"]:
+            L += [""]
+        L += ["Raw kernels (rsample + log_prob + backward of `(z * w).sum() + log_prob.sum()`), `validate_args=False` "
+              "for all; non-finite = share of log-density entries / logit gradients that are inf or NaN for one "
+              "draw at a small temperature, float32:", ""]
+        rows = []
+        for name, r in kr["raw"].items():
+            acc = []
+            for tau in ACCURACY_TAUS:
+                v = r["small_tau"][str(tau)]
+                lp = "-" if v["logprob_nonfinite"] is None else f"{100 * v['logprob_nonfinite']:.1f} %"
+                acc.append(f"{lp} / {100 * v['grad_nonfinite']:.1f} %")
+            rows.append([name, f"{KERNEL_BATCH} x " + (f"{BERNOULLI_UNITS}" if r["family"] == "binary"
+                                                        else f"{CATEGORICAL[0]}x{CATEGORICAL[1]}")]
+                        + fig_cells(r["ms"]) + acc)
+        L += table(["kernel", "size", "ms/call median", "min", "max", "n", "load", "other cores"]
+                   + [f"non-finite log_prob / grad, tau={tau}" for tau in ACCURACY_TAUS], rows)
+        raw = kr["raw"]
+
+        def med(name):
+            return raw[name]["ms"]["median"]
+
+        pairs = [("Binary Concrete", "relaxrun RelaxedBernoulli: rsample, log_prob",
+                  "relaxrun RelaxedBernoulli: rsample_logit, log_prob_logit (the method's path)",
+                  "torch.distributions.RelaxedBernoulli: rsample, log_prob"),
+                 ("Gumbel-Softmax", "relaxrun GumbelSoftmax: rsample, log_prob",
+                  "relaxrun GumbelSoftmax: rsample_log, log_prob_log_value (the method's path)",
+                  "torch.distributions.RelaxedOneHotCategorical: rsample, log_prob")]
+        for fam, ours, ours_fast, theirs in pairs:
+            r1, r2 = med(theirs) / med(ours), med(theirs) / med(ours_fast)
+            ok = None if a["smoke"] else min(r1, r2) >= TARGETS["kernel_speedup"]
+            targets.append([f"{fam} kernel ≥ {TARGETS['kernel_speedup']}x faster than torch.distributions",
+                            f"{r1:.2f}x (rsample/log_prob), {r2:.2f}x (method's path)", verdict(ok)])
+        slow = {n: mm["vs_gumbel_softmax"] for n, mm in kr["methods"].items()
+                if mm["vs_gumbel_softmax"] and mm["vs_gumbel_softmax"] > TARGETS["kernel_vs_gs"]}
+        inherent = {"correlated_bernoulli"}  # the copula's O(D^2) Cholesky product, by design
+        bad = {n: v for n, v in slow.items() if n not in inherent}
+        desc = ", ".join(f"{n} {v:.2f}x" for n, v in sorted(slow.items())) or "none"
+        ok = None if a["smoke"] or not kr["methods"] else not bad
+        targets.append([f"no method's kernel > {TARGETS['kernel_vs_gs']:.0f}x Gumbel-Softmax's (except the "
+                        "copula's O(D²))", f"above {TARGETS['kernel_vs_gs']:.0f}x: {desc}", verdict(ok)])
+
+    sw = res.get("sweep")
+    if sw:
+        L += ["## 4. Sweep throughput", ""]
+        L += [f"Wall time of one `relaxrun -m` command running {sw['jobs']} jobs of {sw['steps_per_job']} steps "
+              "each (process start, composing, data loading, training, the end-of-run evaluation: everything a "
+              "user waits for):", "", f"    {sw['command']} [launcher overrides]", ""]
+        rows = []
+        for name, v in sw["variants"].items():
+            rows.append([name] + fig_cells(v["wall"]) + [f"{v['jobs_per_min']:.1f}", f"{v['speedup']:.2f}x",
+                                                         f"{v['parent_maxrss_mib']:.0f}"])
+        L += table(["launcher", "wall s median", "min", "max", "n", "load", "other cores", "jobs/min",
+                    "vs sequential", "peak RSS of the relaxrun process (MiB)"], rows)
+        L += ["For the joblib rows, *other cores* also counts the launcher's worker processes.", ""]
+        for note in sw["notes"]:
+            L += [f"* {note}", ""]
+        j = sw["variants"].get("joblib, n_jobs=2")
+        j1 = sw["variants"].get("joblib, n_jobs=2, trainer.threads=1")
+        if j:
+            ok = None if a["smoke"] else j["speedup"] >= TARGETS["sweep_speedup"]
+            targets.append([f"joblib with 2 jobs ≥ {TARGETS['sweep_speedup']}x the sequential sweep",
+                            f"{j['speedup']:.2f}x" + (f" ({j1['speedup']:.2f}x with trainer.threads=1)" if j1 else ""),
+                            verdict(ok)])
+        else:
+            targets.append([f"joblib with 2 jobs ≥ {TARGETS['sweep_speedup']}x the sequential sweep",
+                            "not measured", "n/a"])
+
+    rs = res.get("rss")
+    if rs:
+        L += ["## 5. Peak memory", ""]
+        L += [f"Peak resident set size of a `relaxrun` process training {rs['steps']} steps (plus its end-of-epoch "
+              "evaluation), from `os.wait4` on the child (started from a small process: a child's peak RSS counts "
+              "the process it was forked from):", ""]
+        L += table(["config", "peak RSS MiB median", "min", "max", "n", "load", "other cores"],
+                   [[r["label"]] + fig_cells(r["maxrss_mib"]) for r in rs["runs"].values()])
+
+    L += ["## Targets", ""]
+    L += table(["target", "reached", "status"], targets or [["(no section run)", "-", "n/a"]])
+
+    L += ["## What we tried", ""]
+    th = res.get("threads")
+    if th:
+        rows = [[k] + fig_cells(v["ms_per_step"]) + [f"{v['steps_per_s']:.1f}"] for k, v in th["settings"].items()]
+        L += [f"**Threads** (`torch.set_num_threads`, `trainer.threads`): the training step of the {th['label']}, "
+              f"{th['steps']} steps per repeat, interleaved:", ""]
+        L += table(["threads", "ms/step median", "min", "max", "n", "load", "other cores", "steps/s"], rows)
+        s = th["settings"]
+        keys = sorted(s, key=int)
+        if len(keys) > 1:
+            lo, hi = s[keys[0]]["ms_per_step"]["median"], s[keys[-1]]["ms_per_step"]["median"]
+            best = keys[0] if lo < hi else keys[-1]
+            L += [f"1 thread: {s[keys[0]]['steps_per_s']:.1f} steps/s; {keys[-1]} threads: "
+                  f"{s[keys[-1]]['steps_per_s']:.1f} steps/s ({lo / hi:.2f}x the speed of 1 thread); the faster "
+                  f"here is **{best}**. torch's default is all cores ({m['threads']} here), which is what "
+                  "`trainer.threads=0` keeps. When other work holds cores (see *other cores*), OpenMP threads "
+                  "wait on each other and one thread can win by a wide margin, and two jobs of a joblib sweep "
+                  "on 2 cores want `trainer.threads=1` each (section 4).", ""]
+    op = res.get("optimizer")
+    if op:
+        L += [f"**Optimizer**: `torch.optim.Adam` step for the default model ({op['parameter_tensors']} parameter "
+              f"tensors), {op['steps']} steps per repeat, interleaved:", ""]
+        L += table(["Adam", "ms/step median", "min", "max", "n", "load", "other cores"],
+                   [[k] + fig_cells(v) for k, v in op["variants"].items()])
+        for note in op["notes"]:
+            L += [f"* {note}"]
+        v = op["variants"]
+        base = v.get("default (as relaxrun/train.py builds it)")
+        best = min(v, key=lambda k: v[k]["median"]) if v else None
+        if base and best:
+            line = (f"The fastest is **{best}** at {v[best]['median']:.2f} ms vs {base['median']:.2f} ms for the "
+                    f"optimizer relaxrun builds ({base['median'] / v[best]['median']:.2f}x)")
+            bdd = (res.get("breakdown") or {}).get("default")
+            if bdd and best != "default (as relaxrun/train.py builds it)":
+                total = bdd["phases"]["total_ms"]["median"]
+                saved = base["median"] - v[best]["median"]
+                line += (f"; on the {total:.1f} ms default step of section 2 that would save about "
+                         f"{saved:.2f} ms ({100 * saved / total:.0f} %)")
+            L += [line + ". Choosing the implementation is relaxrun/train.py's call (one argument to Adam).", ""]
+    dn = res.get("denormals")
+    if dn:
+        sh = dn["subnormal_share"]
+        L += [f"**Subnormal numbers** (`torch.set_flush_denormal(True)`: x86 flush-to-zero / denormals-are-zero): "
+              f"after {dn['warmup_steps']} training steps of the default config, "
+              + ", ".join(f"{100 * v:.1f} % of {k}" for k, v in sh.items())
+              + " are subnormal (Adam's first moment of pixels that are almost always blank decays by 0.9 a "
+              f"step through the subnormal range, where x86 arithmetic is many times slower). Step time over "
+              f"{dn['steps']} steps per repeat, interleaved (training continues between repeats):", ""]
+        L += table(["setting", "ms/step median", "min", "max", "n", "load", "other cores"],
+                   [[k] + fig_cells(v) for k, v in dn["variants"].items()])
+        if not dn["supported"]:
+            L += ["set_flush_denormal is not supported on this CPU.", ""]
+        else:
+            v = dn["variants"]
+            parts = []
+            for k in sorted({key.split(" ")[0] for key in v}, key=int):
+                off = v.get(f"{k} thread(s), default")
+                on = v.get(f"{k} thread(s), set_flush_denormal(True)")
+                if off and on:
+                    parts.append(f"{k} thread(s): {off['median'] / on['median']:.2f}x")
+            L += ["Speed-up from flushing subnormals: " + "; ".join(parts) + ". FTZ/DAZ is a per-thread CPU flag: "
+                  "threads created before the call (OpenMP's pool) may keep the old setting, so the multi-thread "
+                  "row shows what a call made mid-process achieves. Adopting it is relaxrun/train.py's call.", ""]
+    cp = res.get("compile")
+    if cp:
+        runs = cp["runs"]
+        L += [f"**torch.compile** (`trainer.compile=true`, compiles `model.loss`; one `relaxrun` process each, "
+              f"{cp['epochs']} epochs, cold inductor cache):", ""]
+        rows = []
+        for label, r in runs.items():
+            if "error" in r:
+                rows.append([label, "failed: " + r["error"], "", "", "", ""])
+                continue
+            st = r["steady_epoch"]
+            rows.append([label, f"{r['first_epoch_s']:.1f}", f"{st['median']:.2f} ({st['min']:.2f} – {st['max']:.2f})",
+                         f"{r['projected_10_epochs_s']:.0f}", f"{r['wall_s']:.0f}",
+                         num(r.get("test_neg_elbo"))])
+        L += table(["mode", "epoch 1 s (incl. compile)", "later epochs s median (min – max)",
+                    "10-epoch run s (projected)", f"process wall s ({cp['epochs']} epochs)", "final test -ELBO"], rows)
+        e, c = runs.get("eager", {}), runs.get("compiled", {})
+        if "error" in c:
+            L += ["torch.compile does **not** work here: " + c["error"], ""]
+        elif e and c and "error" not in e:
+            win = c["projected_10_epochs_s"] < e["projected_10_epochs_s"]
+            L += [f"torch.compile works on this CPU. Compiling cost {c['first_epoch_s'] - e['first_epoch_s']:.0f} s "
+                  f"in the first epoch; a later epoch takes {c['steady_epoch']['median']:.2f} s compiled vs "
+                  f"{e['steady_epoch']['median']:.2f} s eager "
+                  f"({e['steady_epoch']['median'] / c['steady_epoch']['median']:.2f}x). Over a 10-epoch run "
+                  f"including compile time: {c['projected_10_epochs_s']:.0f} s vs {e['projected_10_epochs_s']:.0f} s "
+                  f"→ **{'compile wins' if win else 'eager wins'}**; the default stays "
+                  f"`trainer.compile={'true' if win else 'false'}`"
+                  + (" (a default change is the loop owner's call)" if win else "") + ".", ""]
+    elif "compile" in a["sections"] and a["smoke"]:
+        L += ["**torch.compile**: not measured in `--smoke` (a cold compile alone takes about a minute).", ""]
+    if res.get("notes"):
+        L += ["## Notes", ""] + [f"* {n}" for n in res["notes"]] + [""]
+    return "\n".join(L).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=os.environ.get("RELAXRUN_DATA_ROOT"),
+                   help="folder holding MNIST/raw (torchvision layout); --smoke without it generates data")
+    p.add_argument("--out", default="BENCHMARKS.md", help="Markdown report to write (default BENCHMARKS.md)")
+    p.add_argument("--json", default=None, help="also write every figure as JSON here")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (default 5; smoke 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per figure (default 1; smoke 0)")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--steps", type=int, default=None,
+                   help="throughput: time this many steps and extrapolate to an epoch (default 0 = whole epochs)")
+    p.add_argument("--breakdown-steps", type=int, default=None, help="steps per repeat in the breakdown (300)")
+    p.add_argument("--kernel-calls", type=int, default=None, help="calls per repeat of each kernel (200)")
+    p.add_argument("--sweep-steps", type=int, default=None, help="trainer.max_steps of each sweep job (300)")
+    p.add_argument("--sweep-warmup", type=int, default=None, help="untimed sweeps per launcher (default 0)")
+    p.add_argument("--rss-steps", type=int, default=None, help="steps of the peak-RSS run (200)")
+    p.add_argument("--threads-steps", type=int, default=None, help="steps per repeat in the threads figure (200)")
+    p.add_argument("--denormal-warmup", type=int, default=None,
+                   help="training steps before the denormals figure (900 = 1.5 epochs)")
+    p.add_argument("--optimizer-steps", type=int, default=None, help="optimizer steps per repeat (100)")
+    p.add_argument("--compile-epochs", type=int, default=None, help="epochs of each compile/eager run (6; 0 = skip)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for everything (0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="device for relaxrun and the baseline (cpu, cuda, auto)")
+    p.add_argument("--smoke", action="store_true",
+                   help="1 repeat, tiny sizes, 1 thread, no compile: checks that the suite runs (CI)")
+    args = p.parse_args(argv)
+    smoke = args.smoke
+    defaults = {"repeats": (5, 1), "warmup": (1, 0), "steps": (0, 0), "breakdown_steps": (300, 5),
+                "kernel_calls": (200, 3), "sweep_steps": (300, 2), "sweep_warmup": (0, 0), "rss_steps": (200, 2),
+                "threads_steps": (200, 2), "optimizer_steps": (100, 3), "denormal_warmup": (900, 3), "compile_epochs": (6, 0)}
+    for k, (full, small) in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, small if smoke else full)
+    if smoke and not args.threads:
+        args.threads = 1  # a busy CI machine stalls multi-threaded OpenMP steps; 1 thread keeps the smoke short
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if not smoke and args.data_root is None:
+        p.error("--data-root is required (the folder holding MNIST/raw), or use --smoke")
+    return args
+
+
+PATH_OPTIONS = ("--data-root", "--out", "--json")
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """This run's command as typed from the repository root (path options made repo-relative)."""
+    def rel(v: str) -> str:
+        return os.path.relpath(os.path.abspath(v), REPO)
+
+    out, i = ["python", "scripts/benchmark.py"], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--json" and i + 1 < len(argv) or a.startswith("--json="):  # a side output, not the report
+            i += 1 if "=" in a else 2
+            continue
+        if a in PATH_OPTIONS and i + 1 < len(argv):
+            out += [a, rel(argv[i + 1])]
+            i += 2
+            continue
+        key, eq, val = a.partition("=")
+        out.append(f"{key}={rel(val)}" if eq and key in PATH_OPTIONS else a)
+        i += 1
+    return " ".join(shlex.quote(x) for x in out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[benchmark] %(message)s")
+    logging.getLogger("relaxrun").setLevel(logging.WARNING)
+    register_configs()
+    from relaxrun.cli import _register_resolvers
+
+    _register_resolvers()
+    started = time.time()
+    command = reproduce_command(sys.argv[1:] if argv is None else list(argv))
+    with tempfile.TemporaryDirectory(prefix="relaxrun-bench-") as tmp:
+        tmp = Path(tmp)
+        generated = args.data_root is None
+        data_root = str(generate_mnist(tmp / "data")) if generated else os.path.abspath(args.data_root)
+        if not generated and args.smoke and args.steps == 0:
+            n = load_images("mnist", data_root, True, False).shape[0]
+            if n > 5000:  # real MNIST in smoke mode: a few steps, not whole epochs
+                args.steps = 10
+        ctx = Context(args, data_root, tmp)
+        res: dict = {
+            "args": vars(args), "command": command, "machine": machine_info(ctx.device),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "generated_data": generated, "n_train": ctx.n_train,
+            "data_root_shown": "generated IDX files" if generated else args.data_root, "notes": ctx.notes,
+        }
+        all_probe = Probe()
+        for section in SECTIONS:
+            if section not in args.sections or (section == "compile" and not args.compile_epochs):
+                continue
+            log.info("%s ... (load %.2f)", section, os.getloadavg()[0])
+            t0 = time.perf_counter()
+            try:
+                if section == "throughput":
+                    res[section] = bench_throughput(ctx)
+                elif section == "breakdown":
+                    res[section] = bench_breakdown(ctx, res.get("throughput"))
+                elif section == "kernels":
+                    res[section] = bench_kernels(ctx)
+                elif section == "sweep":
+                    res[section] = bench_sweep(ctx)
+                elif section == "rss":
+                    res[section] = bench_rss(ctx)
+                elif section == "threads":
+                    res[section] = bench_threads(ctx)
+                elif section == "optimizer":
+                    res[section] = bench_optimizer(ctx)
+                elif section == "denormals":
+                    res[section] = bench_denormals(ctx)
+                elif section == "compile":
+                    res[section] = bench_compile(ctx)
+            except Interrupted:  # Ctrl-C / SIGTERM inside relaxrun's train(): stop, do not go on
+                raise
+            except Exception as err:  # report, keep the other sections
+                log.exception("section %s failed", section)
+                ctx.notes.append(f"section `{section}` failed: {type(err).__name__}: {err}")
+            log.info("%s done in %.1f s", section, time.perf_counter() - t0)
+        whole = all_probe.close()
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    res["duration_s"] = time.time() - started
+    figs = list(_figures(res))
+    others = [f["other_cores"] for f in figs if f.get("other_cores") is not None]
+    res["max_other_cores"] = max(others) if others else whole["other_cores"]
+    res["max_load"] = max([f["load1_max"] for f in figs] or [whole["load1_end"]])
+    res["whole_run"] = whole
+    Path(args.out).write_text(render(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    log.info("wrote %s (%.1f min)", args.out, res["duration_s"] / 60)
+    return 1 if any(n.startswith("section") for n in ctx.notes) else 0
+
+
+def _figures(obj):
+    """Every figure dict (has median/min/max) inside the results."""
+    if isinstance(obj, dict):
+        if {"median", "min", "max", "load1_max"} <= obj.keys():
+            yield obj
+        else:
+            for v in obj.values():
+                yield from _figures(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _figures(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
