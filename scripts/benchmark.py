@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """relaxrun's benchmark suite; writes BENCHMARKS.md (and, with --json, the raw figures).
 
-    python scripts/benchmark.py --data-root ../shared/data --out BENCHMARKS.md          # full, ~15-25 min
-    python scripts/benchmark.py --smoke --out /tmp/BENCHMARKS.md                         # CI: 1 repeat, < 60 s
+    python scripts/benchmark.py --data-root ../shared/data --out BENCHMARKS.md   # full: ~20-30 min, quiet machine
+    python scripts/benchmark.py --smoke --out /tmp/BENCHMARKS.md                  # CI: 1 repeat, tiny, < 60 s
 
 Everything is measured in this one run, so the ratios compare figures taken side by side; where two
 pipelines are compared, their repeats are interleaved (A B A B ...) so that a change in machine load
@@ -34,8 +34,8 @@ Sections (``--sections``, comma separated; all by default):
 * ``rss`` -- peak resident memory of a ``relaxrun`` training process (os.wait4 of the child).
 * ``threads`` -- steps/s of the training step at torch.set_num_threads(1) and (cores).
 * ``denormals`` -- the training step after ``--denormal-warmup`` steps of training, when Adam's
-  moment estimates of always-blank pixels decay through the subnormal range, with and without
-  ``torch.set_flush_denormal(True)`` (x86 FTZ/DAZ), at 1 thread and at all cores.
+  first moments of always-blank pixels have decayed into the subnormal range: two runs from the
+  same seed, without and with ``torch.set_flush_denormal(True)`` (x86 FTZ/DAZ), at 1 thread.
 * ``optimizer`` -- Adam's step for the default model as relaxrun/train.py builds it (torch's default
   implementation for the device) beside ``foreach=True`` and ``fused=True``.
 * ``compile`` -- ``relaxrun trainer.compile=true`` vs eager, per-epoch times from metrics.json, a
@@ -247,6 +247,7 @@ class Context:
     """Options and shared state of one benchmark run."""
 
     def __init__(self, args, data_root: str, tmp: Path):
+        register_configs()  # the schema node that configs/config.yaml's defaults list names
         self.args = args
         self.data_root = data_root
         self.tmp = tmp
@@ -423,14 +424,15 @@ class InstrumentedLoop:
             except StopIteration:
                 self.batches = None
 
-    def steps(self, n: int, timed: bool = True) -> dict:
+    def steps(self, n: int, timed: bool = True, threads: int | None = None) -> dict:
+        """``n`` training steps; per-phase times. ``threads`` overrides trainer.threads."""
         tr, dev, model, opt = self.run.trainer, self.device, self.model, self.optimizer
         t = dict.fromkeys(PHASES, 0.0)
         run_loss = torch.zeros(3, device=dev)
         epoch_sum = torch.zeros(3, device=dev)
         run_n = 0
         pc = time.perf_counter
-        with num_threads(tr.threads or None):
+        with num_threads(threads or tr.threads or None):
             for _ in range(n):
                 t0 = pc()
                 _, _, idx = self.next_batch()
@@ -840,7 +842,11 @@ def bench_rss(ctx: Context) -> dict:
             shutil.rmtree(d, ignore_errors=True)
             return res["maxrss_mib"]
         fns[key] = fn
+    # the IWAE run takes minutes, and a peak RSS hardly varies between runs: measured once
+    slow = {k: fns.pop(k) for k in ["default+iwae"] if k in fns}
     figs = measure(fns, ctx.args.repeats, 0)
+    if slow:
+        figs.update(measure(slow, 1, 0))
     for key in keys:
         out["runs"][key] = {"label": runs[key][0], "maxrss_mib": figs[key]}
     return out
@@ -886,8 +892,7 @@ def bench_threads(ctx: Context) -> dict:
 
     def fn(k):
         def run():
-            with num_threads(k):
-                return loop.steps(n, timed=False)["total_ms"]
+            return loop.steps(n, timed=False, threads=k)["total_ms"]
         return run
 
     figs = measure({str(k): fn(k) for k in settings}, ctx.args.repeats, ctx.args.warmup)
@@ -907,37 +912,47 @@ def subnormal_share(tensors) -> float:
 
 
 def bench_denormals(ctx: Context) -> dict:
-    loop = InstrumentedLoop(ctx, "default")
-    warm = ctx.args.denormal_warmup
-    loop.steps(warm, timed=False)
-    state = loop.optimizer.state.values()
-    shares = {"adam exp_avg": subnormal_share(st["exp_avg"] for st in state),
-              "adam exp_avg_sq": subnormal_share(st["exp_avg_sq"] for st in state),
-              "parameters": subnormal_share(loop.model.parameters())}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = ctx.args.threads_steps
-    supported = torch.set_flush_denormal(False) or torch.set_flush_denormal(True)
-    torch.set_flush_denormal(False)
+    """Two identical runs of the default config (same seed), one with flush-to-zero on from its first
+    step, each trained ``--denormal-warmup`` steps under its own setting and then timed interleaved.
 
-    def fn(threads, flush):
+    One model cannot serve both: a single step with the flag on zeroes every subnormal in Adam's
+    state. Measured at 1 thread, because FTZ/DAZ is a per-thread flag that OpenMP workers inherit
+    only when created after it is set, which has already happened in this process.
+    """
+    warm, n = ctx.args.denormal_warmup, ctx.args.threads_steps
+    supported = bool(torch.set_flush_denormal(True))
+    torch.set_flush_denormal(False)
+    labels = {False: "default", True: "torch.set_flush_denormal(True)"}
+    loops, shares = {}, {}
+    for flush in ([False, True] if supported else [False]):
+        torch.set_flush_denormal(flush)
+        try:
+            loop = InstrumentedLoop(ctx, "default")
+            loop.steps(warm, timed=False, threads=1)
+        finally:
+            torch.set_flush_denormal(False)
+        loops[flush] = loop
+        state = list(loop.optimizer.state.values())
+        shares[labels[flush]] = {"adam exp_avg": subnormal_share(st["exp_avg"] for st in state),
+                                 "adam exp_avg_sq": subnormal_share(st["exp_avg_sq"] for st in state),
+                                 "parameters": subnormal_share(loop.model.parameters())}
+
+    def fn(flush):
         def run():
             torch.set_flush_denormal(flush)
             try:
-                with num_threads(threads):
-                    return loop.steps(n, timed=False)["total_ms"]
+                r = loops[flush].steps(n, threads=1)
+                return {"total_ms": r["total_ms"], "optimizer_ms": r["optimizer_ms"]}
             finally:
                 torch.set_flush_denormal(False)
         return run
 
-    fns = {}
-    for k in sorted({1, cores}):
-        fns[f"{k} thread(s), default"] = fn(k, False)
-        if supported:
-            fns[f"{k} thread(s), set_flush_denormal(True)"] = fn(k, True)
-    figs = measure(fns, ctx.args.repeats, 0)
-    loop.close()
-    return {"warmup_steps": warm, "steps": n, "subnormal_share": shares, "supported": bool(supported),
-            "variants": figs}
+    figs = measure({labels[f]: fn(f) for f in loops}, ctx.args.repeats, 0)
+    for loop in loops.values():
+        loop.close()
+    return {"warmup_steps": warm, "steps": n, "subnormal_share": shares, "supported": supported,
+            "variants": {lab: {"total_ms": figs[f"{lab}/total_ms"], "optimizer_ms": figs[f"{lab}/optimizer_ms"]}
+                         for lab in (labels[f] for f in loops)}}
 
 
 def bench_optimizer(ctx: Context) -> dict:
@@ -1016,14 +1031,28 @@ def render(res: dict) -> str:
     L += ["Generated by `scripts/benchmark.py`; do not edit by hand. Reproduce from the repository root:", "",
           f"    {res['command']}", ""]
     worst = res.get("max_other_cores")
+    full = {"repeats": 5, "warmup": 1, "steps": 0, "breakdown_steps": 300, "kernel_calls": 200, "sweep_steps": 300,
+            "rss_steps": 200, "threads_steps": 200, "optimizer_steps": 100, "denormal_warmup": 900,
+            "compile_epochs": 6, "threads": 0}
+    reduced = [f"--{k.replace('_', '-')} {a[k]}" for k, v in full.items() if k in a and a[k] != v]
+    load_line = (f"load average up to {res['max_load']:.2f} on {m['usable_cores']} cores; other processes kept up "
+                 f"to {worst:.2f} cores busy during a figure" if worst is not None else
+                 f"load average up to {res['max_load']:.2f}")
     if a["smoke"]:
         L += ["> **SMOKE RUN** (`--smoke`: 1 repeat, tiny sizes" + (", generated data" if res["generated_data"] else "")
               + "). These numbers only show that the suite runs; they are not benchmarks.", ""]
-    elif worst is not None and worst > 0.25:
-        L += [f"> **PROVISIONAL**: measured on a shared machine. Other processes kept up to {worst:.2f} of "
-              f"{m['usable_cores']} cores busy during a figure (load average up to {res['max_load']:.2f}); timings "
-              "are noisy and ratios between interleaved figures are more trustworthy than absolute times. "
-              "Re-run the command above on a quiet machine for the reference numbers.", ""]
+    elif (worst is not None and worst > 0.25) or reduced:
+        why = []
+        if reduced:
+            why.append("a quick run with settings below the full defaults (" + ", ".join(reduced) + ")")
+        if worst is not None and worst > 0.25:
+            why.append("measured on a shared machine, so timings are noisy (ratios between interleaved figures "
+                       "hold up better than absolute times)")
+        L += [f"> **PROVISIONAL**: {'; '.join(why)}. Machine state: {load_line}. Re-run "
+              "`python scripts/benchmark.py --data-root ../shared/data --out BENCHMARKS.md` on a quiet machine "
+              "for the reference numbers.", ""]
+    else:
+        L += [f"Machine state during the run: {load_line}.", ""]
     thr = (f"all figures at `--threads {a['threads']}` (torch.set_num_threads / trainer.threads) unless a "
            "table varies it" if a["threads"] else f"torch's default threads ({m['threads']})")
     L += [f"Run {res['started']} → {res['finished']} ({res['duration_s'] / 60:.1f} min), {thr}. Every figure: median of "
@@ -1047,7 +1076,8 @@ def render(res: dict) -> str:
               "metrics.json: training loop only, evaluation and checkpoints excluded; `trainer.progress=false`). "
               "*baseline* is the same model, method and Adam fed by `torchvision.datasets.MNIST` + `ToTensor()` + "
               "`DataLoader(shuffle=True)` (default `num_workers=0`), binarized per batch with `torch.bernoulli`, "
-              "`loss.item()` every step.", ""]
+              "`loss.item()` every step. Both start from a fresh model, so this is a first-epoch figure: later epochs "
+              "of either are slower (see *Subnormal numbers* under *What we tried*).", ""]
         rows = []
         for key, t in tp.items():
             for who in ("relaxrun", "baseline"):
@@ -1233,9 +1263,9 @@ def render(res: dict) -> str:
             L += [f"1 thread: {s[keys[0]]['steps_per_s']:.1f} steps/s; {keys[-1]} threads: "
                   f"{s[keys[-1]]['steps_per_s']:.1f} steps/s ({lo / hi:.2f}x the speed of 1 thread); the faster "
                   f"here is **{best}**. torch's default is all cores ({m['threads']} here), which is what "
-                  "`trainer.threads=0` keeps. When other work holds cores (see *other cores*), OpenMP threads "
-                  "wait on each other and one thread can win by a wide margin, and two jobs of a joblib sweep "
-                  "on 2 cores want `trainer.threads=1` each (section 4).", ""]
+                  "`trainer.threads=0` keeps. When other work holds the cores (see *other cores*), OpenMP's "
+                  "threads wait on each other and 1 thread can win by a wide margin; section 4 has joblib "
+                  "sweeps with both settings.", ""]
     op = res.get("optimizer")
     if op:
         L += [f"**Optimizer**: `torch.optim.Adam` step for the default model ({op['parameter_tensors']} parameter "
@@ -1259,28 +1289,26 @@ def render(res: dict) -> str:
             L += [line + ". Choosing the implementation is relaxrun/train.py's call (one argument to Adam).", ""]
     dn = res.get("denormals")
     if dn:
-        sh = dn["subnormal_share"]
-        L += [f"**Subnormal numbers** (`torch.set_flush_denormal(True)`: x86 flush-to-zero / denormals-are-zero): "
-              f"after {dn['warmup_steps']} training steps of the default config, "
-              + ", ".join(f"{100 * v:.1f} % of {k}" for k, v in sh.items())
-              + " are subnormal (Adam's first moment of pixels that are almost always blank decays by 0.9 a "
-              f"step through the subnormal range, where x86 arithmetic is many times slower). Step time over "
-              f"{dn['steps']} steps per repeat, interleaved (training continues between repeats):", ""]
-        L += table(["setting", "ms/step median", "min", "max", "n", "load", "other cores"],
-                   [[k] + fig_cells(v) for k, v in dn["variants"].items()])
+        L += ["**Subnormal numbers** (`torch.set_flush_denormal(True)`: x86 flush-to-zero / denormals-are-zero). "
+              "Two runs of the default config from the same seed, one with the flag set from its first step, each "
+              f"trained {dn['warmup_steps']} steps and then timed over {dn['steps']} steps per repeat, interleaved, "
+              "at 1 thread. Share of subnormal entries after the warm-up:", ""]
+        L += table(["run", "Adam exp_avg", "Adam exp_avg_sq", "parameters"],
+                   [[k] + [f"{100 * v:.1f} %" for v in sh.values()] for k, sh in dn["subnormal_share"].items()])
+        L += table(["run", "step ms median", "min", "max", "n", "load", "other cores", "of which optimizer ms"],
+                   [[k] + fig_cells(v["total_ms"]) + [f"{v['optimizer_ms']['median']:.2f}"]
+                    for k, v in dn["variants"].items()])
         if not dn["supported"]:
             L += ["set_flush_denormal is not supported on this CPU.", ""]
-        else:
-            v = dn["variants"]
-            parts = []
-            for k in sorted({key.split(" ")[0] for key in v}, key=int):
-                off = v.get(f"{k} thread(s), default")
-                on = v.get(f"{k} thread(s), set_flush_denormal(True)")
-                if off and on:
-                    parts.append(f"{k} thread(s): {off['median'] / on['median']:.2f}x")
-            L += ["Speed-up from flushing subnormals: " + "; ".join(parts) + ". FTZ/DAZ is a per-thread CPU flag: "
-                  "threads created before the call (OpenMP's pool) may keep the old setting, so the multi-thread "
-                  "row shows what a call made mid-process achieves. Adopting it is relaxrun/train.py's call.", ""]
+        elif len(dn["variants"]) == 2:
+            off, on = dn["variants"]["default"], dn["variants"]["torch.set_flush_denormal(True)"]
+            L += [f"Adam's first moment of pixels that are almost always blank decays by 0.9 a step into the "
+                  f"subnormal range, where x86 arithmetic takes microcode assists: the optimizer step takes "
+                  f"{off['optimizer_ms']['median']:.2f} ms instead of {on['optimizer_ms']['median']:.2f} ms and the "
+                  f"whole step {off['total_ms']['median'] / on['total_ms']['median']:.2f}x as long once training is "
+                  "under way (epoch 1 is mostly spared, so first-epoch timings hide it). Setting the flag at the top "
+                  "of training (before the first parallel op, so OpenMP's threads inherit it) is relaxrun/train.py's "
+                  "call.", ""]
     cp = res.get("compile")
     if cp:
         runs = cp["runs"]
