@@ -104,6 +104,7 @@ class TrainerConfig:
     patience: int = 0
     threads: int = 0
     compile: bool = False
+    flush_denormal: bool = True
     progress: bool = True
     images: int = 16
 

@@ -94,11 +94,32 @@ def load_images(name: str, root: str, train: bool, download: bool) -> torch.Tens
     return images.reshape(images.shape[0], -1).contiguous()
 
 
+def random_int16(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Independent ``int16`` draws, uniform on all 65536 values, four from each 64-bit random word.
+
+    ``random_`` over the full ``int64`` range fills every bit of a word from one call of the
+    generator; viewing the words as ``int16`` gives four uniform draws per call, where ``torch.rand``
+    spends one call per float (6x slower on the CPU at 100 x 784).
+    """
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-2**63, None, generator=generator)
+    return words.view(torch.int16)[:n].view(shape)
+
+
 def binarize(batch_u8: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 pixels ``[B, D]`` -> float32 in {0, 1} (or [0, 1] for ``none``), on the same device."""
-    x = batch_u8.to(torch.float32).div_(255.0)
+    """uint8 pixels ``[B, D]`` -> float32 in {0, 1} (or [0, 1] for ``none``), on the same device.
+
+    ``dynamic`` draws each pixel from Bernoulli(x / 255) with 16-bit resolution: with ``r`` uniform
+    on {0, ..., 65535}, the pixel is ``r < t(x)`` where ``t(x) = round(65536 x / 255)
+    = 257 x + round(x / 255)`` (65536 = 257 * 255 + 1). So P(1) = t(x) / 65536: exactly 0 at x = 0,
+    exactly 1 at x = 255 and within 0.5 / 65536 = 7.6e-6 of x / 255 in between.
+    """
     if mode == "dynamic":
-        return torch.bernoulli(x, generator=generator)
+        r = random_int16(tuple(batch_u8.shape), batch_u8.device, generator)  # signed: r + 32768 is uniform
+        x = batch_u8.to(torch.int32)
+        return torch.lt(r, x * 257 + (x >> 7) - 32768).to(torch.float32)
+    x = batch_u8.to(torch.float32).div_(255.0)
     if mode == "static":
         return (x > 0.5).to(torch.float32)
     return x
@@ -125,7 +146,7 @@ class Data:
             yield perm, i, perm[i * batch_size:(i + 1) * batch_size]
 
     def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return binarize(self.train[idx], self.binarize, generator)
+        return binarize(self.train.index_select(0, idx), self.binarize, generator)
 
 
 def load_data(cfg, device: torch.device) -> Data:

@@ -66,6 +66,35 @@ def test_dynamic_binarization_is_bernoulli_of_intensity():
     assert not torch.equal(x, x2)  # resampled every batch
 
 
+def test_dynamic_binarization_every_intensity_and_odd_sizes():
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    pixels = torch.arange(256, dtype=torch.uint8).repeat(n, 1)
+    counts = binarize(pixels, "dynamic", g).sum(0)
+    p = torch.arange(256, dtype=torch.float64) / 255
+    # one binomial test per intensity at family-wise false-alarm rate 1e-3 (Bonferroni over 256)
+    pvalues = [stats.binomtest(int(counts[i]), n, p[i].item()).pvalue for i in range(1, 255)]
+    assert min(pvalues) > 1e-3 / 256
+    assert counts[0] == 0 and counts[255] == n
+    # sizes that are not a multiple of the four draws taken from each random word
+    for shape in [(1, 1), (3, 5), (7, 13)]:
+        x = binarize(torch.full(shape, 128, dtype=torch.uint8), "dynamic", g)
+        assert x.shape == shape and x.dtype == torch.float32 and set(x.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_dynamic_binarization_probability_by_enumerating_the_random_draw(monkeypatch):
+    """Feed every one of the 65536 int16 draws: the mean output is P(1) itself, exactly."""
+    import relaxrun.data as data_mod
+
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(-1, 1)
+    monkeypatch.setattr(data_mod, "random_int16", lambda shape, device, generator=None: every.expand(shape))
+    pixels = torch.arange(256, dtype=torch.uint8).repeat(65536, 1)
+    prob = binarize(pixels, "dynamic").double().mean(0)
+    exact = torch.arange(256, dtype=torch.float64) / 255
+    assert prob[0] == 0 and prob[255] == 1
+    assert (prob - exact).abs().max() <= 0.5 / 65536
+
+
 def test_static_and_none():
     pixels = torch.tensor([[0, 127, 128, 255]], dtype=torch.uint8)
     assert binarize(pixels, "static").tolist() == [[0.0, 0.0, 1.0, 1.0]]

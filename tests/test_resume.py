@@ -90,3 +90,47 @@ def test_corrupt_or_incompatible_checkpoint_is_refused_and_left_alone(mnist_root
     ck_path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(TrainingError, match="cannot read checkpoint"):
         train(config(mnist_root, "trainer.max_steps=4", "resume=true"), tmp_path)
+
+
+def test_flush_denormal_is_on_while_training_and_restored_after(mnist_root, tmp_path, monkeypatch):
+    from relaxrun import train as train_module
+
+    seen = []
+    original = train_module.temperature
+
+    def spy(*a, **k):  # called once per training step
+        seen.append(train_module.flush_denormal_is_on())
+        return original(*a, **k)
+
+    monkeypatch.setattr(train_module, "temperature", spy)
+    assert not train_module.flush_denormal_is_on()
+    train(config(mnist_root, "trainer.max_steps=3", "eval.iwae_samples=0"), tmp_path / "on")
+    assert seen and all(seen) and not train_module.flush_denormal_is_on()
+    seen.clear()
+    train(config(mnist_root, "trainer.max_steps=3", "eval.iwae_samples=0", "trainer.flush_denormal=false"),
+          tmp_path / "off")
+    assert seen and not any(seen)
+    with train_module.flush_denormal(True):  # an outer setting survives an inner block
+        with train_module.flush_denormal(True):
+            pass
+        assert train_module.flush_denormal_is_on()
+        with train_module.flush_denormal(False):
+            assert not train_module.flush_denormal_is_on()
+        assert train_module.flush_denormal_is_on()
+    assert not train_module.flush_denormal_is_on()
+
+
+def test_optimizer_is_adam_with_the_configured_rate_fused_where_available():
+    from types import SimpleNamespace
+
+    from relaxrun.train import build_optimizer
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer([p], SimpleNamespace(lr=0.1, weight_decay=0.0))
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == 0.1
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    assert bool(opt.defaults.get("fused")) == ((major, minor) >= (2, 4))
+    # the fused kernel makes Adam's first step: p <- p - lr * sign(g) (bias-corrected m / sqrt(v) = g / |g|)
+    p.grad = torch.tensor([2.0, -3.0, 0.5])
+    opt.step()
+    assert torch.allclose(p.detach(), torch.tensor([0.9, 1.1, 0.9]), atol=1e-6)

@@ -46,6 +46,7 @@ from torch.distributions import constraints
 from torch.distributions.utils import lazy_property
 
 from ._common import RelaxrunDistribution, check_positive, probs_or_logits
+from .concrete import log_softmax
 
 __all__ = [
     "PlackettLuce",
@@ -124,7 +125,7 @@ def relaxed_topk(keys: torch.Tensor, k: int, temperature: torch.Tensor) -> torch
     z = torch.zeros_like(keys)
     for j in range(k):
         s = alpha / t
-        z = z + torch.softmax(s, dim=-1)
+        z = z + log_softmax(s).exp()  # the fast CPU path for few categories (see concrete.log_softmax)
         if j + 1 < k:
             alpha = alpha + _log1m_softmax(s)
     return z

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import positive, one_of
+from ..distributions.concrete import log_softmax
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -109,7 +110,7 @@ def bernoulli_kl(logits_q: torch.Tensor, logits_p: torch.Tensor | float) -> torc
 
 def categorical_kl_uniform(logits_q: torch.Tensor) -> torch.Tensor:
     """KL(Cat(softmax(l)) || Uniform(K)) over the last dim: ``[..., K] -> [...]``."""
-    log_q = torch.log_softmax(logits_q, dim=-1)
+    log_q = log_softmax(logits_q)
     return (log_q.exp() * (log_q + math.log(logits_q.shape[-1]))).sum(-1)
 
 
