@@ -110,3 +110,17 @@ def test_evaluation_binarization_is_fixed_and_validation_split(mnist_root):
     g = torch.Generator().manual_seed(0)
     seen = torch.cat([idx for _, _, idx in a.batches(64, g)])
     assert torch.equal(seen.sort().values, torch.arange(500))  # an epoch is a permutation
+
+
+def test_train_batch_from_stored_thresholds_matches_binarize_of_the_pixels():
+    from relaxrun.data import Data
+
+    pixels = torch.randint(0, 256, (50, 784), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    data = Data(train=pixels, test=torch.zeros(1, 784), val=None, binarize="dynamic")
+    assert data.thresholds.dtype == torch.int32 and data.thresholds.shape == pixels.shape
+    idx = torch.tensor([3, 7, 7, 41])
+    a = data.train_batch(idx, torch.Generator().manual_seed(5))
+    b = binarize(pixels[idx], "dynamic", torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    static = Data(train=pixels, test=torch.zeros(1, 784), val=None, binarize="static")
+    assert static.thresholds is None and torch.equal(static.train_batch(idx, None), (pixels[idx] > 127).float())
