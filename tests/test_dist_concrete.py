@@ -132,3 +132,36 @@ def test_shapes_and_expand():
 def test_bad_arguments_name_the_argument(kwargs, word):
     with pytest.raises(ValueError, match=word):
         GumbelSoftmax(**kwargs)
+
+
+def test_density_at_own_sample_shortcut_matches_the_general_formula_in_value_and_gradient():
+    from relaxrun.distributions.concrete import concrete_log_prob_from_log_value
+
+    g = torch.Generator().manual_seed(11)
+    logits = (3 * torch.randn(6, 4, 5, generator=g, dtype=torch.float64)).requires_grad_()
+    tau = torch.full((6, 4), 0.4, dtype=torch.float64).requires_grad_()
+    q = GumbelSoftmax(tau, logits=logits)
+    log_z = q.rsample_log((3,), generator=g)
+    assert q._noise is not None and q._noise[0] is log_z  # the shortcut is taken
+    fast = q.log_prob_log_value(log_z)
+    general = concrete_log_prob_from_log_value(log_z, logits, tau)
+    assert torch.allclose(fast, general, rtol=1e-12, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(fast.sum(), (logits, tau), retain_graph=True),
+                    torch.autograd.grad(general.sum(), (logits, tau))):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+    # log_prob(rsample()) goes the same way
+    z = q.rsample(generator=g)
+    assert torch.allclose(q.log_prob(z), concrete_log_prob_from_log_value(z.log(), logits, tau), rtol=1e-10)
+
+
+def test_density_of_a_sample_without_history_keeps_the_partial_derivative_at_fixed_z():
+    """sample() has no autograd history: d/dlogits log q(z) must be the score at a fixed z."""
+    from relaxrun.distributions.concrete import concrete_log_prob_from_log_value
+
+    logits = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    q = GumbelSoftmax(torch.tensor(0.5, dtype=torch.float64), logits=logits)
+    z = q.sample(generator=torch.Generator().manual_seed(2))
+    assert q._noise is None
+    score = torch.autograd.grad(q.log_prob(z).sum(), logits)[0]
+    ref = torch.autograd.grad(concrete_log_prob_from_log_value(z.log(), logits, q.temperature).sum(), logits)[0]
+    assert torch.allclose(score, ref, rtol=1e-10, atol=1e-12) and score.abs().sum() > 0

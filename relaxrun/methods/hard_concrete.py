@@ -70,15 +70,20 @@ class HardConcreteMethod(Method):
     def posterior(self, params: torch.Tensor, tau: float) -> HardConcrete:
         return HardConcrete(params, tau, l=self.cfg.l, r=self.cfg.r, validate_args=False)
 
+    def _prior_unbatched(self, like: torch.Tensor, tau: float) -> HardConcrete:
+        """The prior with scalar parameters: its log_prob broadcasts over a batch of values, computing
+        the atoms once instead of once per entry."""
+        log_alpha = torch.tensor(self.cfg.prior_log_alpha, dtype=like.dtype, device=like.device)
+        return HardConcrete(log_alpha, tau, l=self.cfg.l, r=self.cfg.r, validate_args=False)
+
     def prior(self, like: torch.Tensor, tau: float) -> HardConcrete:
-        return HardConcrete(torch.full_like(like, self.cfg.prior_log_alpha), tau, l=self.cfg.l, r=self.cfg.r,
-                            validate_args=False)
+        return self._prior_unbatched(like, tau).expand(like.shape)
 
     def _terms(self, params, decode, x, tau, sample_shape=torch.Size()):
         q = self.posterior(params, tau)
         z = q.rsample(sample_shape)
         recon = bernoulli_nll(decode(z), x)
-        kl = (q.log_prob(z) - self.prior(z, tau).log_prob(z)).sum(-1)
+        kl = (q.log_prob(z) - self._prior_unbatched(z, tau).log_prob(z)).sum(-1)
         return q, recon, kl
 
     def loss(self, params, decode, x, tau) -> Terms:

@@ -77,15 +77,22 @@ class StochasticGatesMethod(Method):
         sigma = self.log_sigma.exp().to(params.dtype)
         return StochasticGate(0.5 + params, sigma, validate_args=False)
 
+    def _prior_unbatched(self, like: torch.Tensor) -> StochasticGate:
+        """The prior with scalar parameters: its log_prob broadcasts over a batch of values, computing
+        the atoms (two Gaussian log-CDFs) once instead of once per entry."""
+        def scalar(v):
+            return torch.tensor(v, dtype=like.dtype, device=like.device)
+
+        return StochasticGate(scalar(self.cfg.prior_mu), scalar(self.cfg.sigma), validate_args=False)
+
     def prior(self, like: torch.Tensor) -> StochasticGate:
-        return StochasticGate(torch.full_like(like, self.cfg.prior_mu), torch.full_like(like, self.cfg.sigma),
-                              validate_args=False)
+        return self._prior_unbatched(like).expand(like.shape)
 
     def _terms(self, params, decode, x, sample_shape=torch.Size()):
         q = self.posterior(params)
         z = q.rsample(sample_shape)
         recon = bernoulli_nll(decode(z), x)
-        kl = (q.log_prob(z) - self.prior(z).log_prob(z)).sum(-1)
+        kl = (q.log_prob(z) - self._prior_unbatched(z).log_prob(z)).sum(-1)
         return q, z, recon, kl
 
     def loss(self, params, decode, x, tau) -> Terms:
