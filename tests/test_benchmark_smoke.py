@@ -69,7 +69,7 @@ def test_benchmark_smoke_writes_a_complete_report(mnist_root, tmp_path):
     kernels = res["kernels"]
     assert set(kernels["methods"]) | set(kernels["skipped"]) == set(available_methods())
     assert "gumbel_softmax" in kernels["methods"] and "relaxed_bernoulli" in kernels["methods"]
-    assert len(kernels["raw"]) == 7
+    assert len(kernels["raw"]) == 9  # 3 binary + 4 categorical + a validate_args=True row for each family
 
     sweep = res["sweep"]["variants"]
     assert sweep["sequential (basic launcher)"]["wall"]["median"] > 0
