@@ -569,13 +569,43 @@ def bench_breakdown(ctx: Context, throughput: dict | None) -> dict:
         figs = measure({"step": lambda: loop.steps(n)}, ctx.args.repeats, ctx.args.warmup)
         loop.close()
         res = {"label": CONFIGS[key]["label"], "steps": n,
-               "phases": {k.split("/", 1)[1]: v for k, v in figs.items()}}
+               "phases": {k.split("/", 1)[1]: v for k, v in figs.items()},
+               "matmul_gflop": model_matmul_flops(loop.model, loop.run.trainer.batch_size) / 1e9}
         if throughput and key in throughput:
             t = throughput[key]
             res["train_ms_per_step"] = 1e3 * t["relaxrun"]["median"] / t["steps_per_epoch"]
         out[key] = res
     out["syncs"] = syncs_per_step(ctx, "default")
+    out["gemm_peak"] = gemm_peak(ctx)
     return out
+
+
+def model_matmul_flops(model: torch.nn.Module, batch: int) -> float:
+    """Multiply-add work of one training step's matrix products, in FLOPs (2 per multiply-add):
+    forward ``2 B in out`` per linear layer; backward twice that (input and weight gradients), less
+    the input gradient of the encoder's first layer, whose input (the images) needs none. Elementwise
+    work is left out: this is the part a CPU can run at its GEMM rate."""
+    def flops(m):
+        return 2 * batch * m.in_features * m.out_features
+
+    fwd = sum(flops(m) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
+    return 3 * fwd - flops(first)
+
+
+def gemm_peak(ctx: Context, n: int = 1024) -> dict:
+    """This CPU's float32 matrix-product rate at the default threads: a square n x n x n sgemm."""
+    a = torch.randn(n, n, device=ctx.device)
+    b = torch.randn(n, n, device=ctx.device)
+
+    def fn():
+        t0 = time.perf_counter()
+        for _ in range(5):
+            torch.mm(a, b)
+        sync(ctx.device)
+        return 5 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e9
+
+    return {"n": n, "gflops": measure({"gemm": fn}, ctx.args.repeats, ctx.args.warmup)["gemm"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -949,11 +979,14 @@ def bench_threads(ctx: Context) -> dict:
 
 
 def subnormal_share(tensors) -> float:
+    """Share of float32 entries that are subnormal, read from the bit pattern (exponent bits all 0,
+    mantissa not): float comparisons cannot tell, since denormals-are-zero, which this process runs
+    under, makes every subnormal compare equal to 0."""
     n = bad = 0
     for t in tensors:
-        if t.is_floating_point():
-            tiny = torch.finfo(t.dtype).tiny
-            bad += int(((t != 0) & (t.abs() < tiny)).sum())
+        if t.dtype == torch.float32:
+            bits = t.detach().contiguous().view(torch.int32) & 0x7FFFFFFF
+            bad += int(((bits > 0) & (bits < 0x00800000)).sum())
             n += t.numel()
     return bad / max(n, 1)
 
@@ -1191,6 +1224,16 @@ def render(res: dict) -> str:
             if "train_ms_per_step" in b:
                 L += [f"The uninstrumented `train()` of section 1 ran {b['train_ms_per_step']:.2f} ms/step "
                       f"(instrumented: {tot['median']:.2f} ms/step).", ""]
+            gp = bd.get("gemm_peak")
+            if gp and b.get("matmul_gflop"):
+                fb = b["phases"]["forward_ms"]["median"] + b["phases"]["backward_ms"]["median"]
+                rate = b["matmul_gflop"] / (fb / 1e3)
+                L += [f"*Compute*: the step's matrix products are {1e3 * b['matmul_gflop']:.0f} MFLOP; forward + "
+                      f"backward run them at {rate:.0f} GFLOP/s counting the products alone, "
+                      f"{100 * rate / gp['gflops']['median']:.0f} % of this CPU's measured float32 GEMM rate "
+                      f"({gp['gflops']['median']:.0f} GFLOP/s, {gp['n']}³ sgemm at the same threads). The rest of "
+                      "forward + backward is the elementwise work of the latent kernel, the loss and the "
+                      "activations.", ""]
         s = bd["syncs"]
         L += [f"**Host synchronisations per step** in the real `train()` (default config, "
               f"`trainer.log_every={s['log_every']}`; calls of `.item()/.tolist()/bool()/float()/int()/.numpy()` "
@@ -1289,6 +1332,15 @@ def render(res: dict) -> str:
         L += table(["launcher", "wall s median", "min", "max", "n", "load", "other cores", "jobs/min",
                     "vs sequential", "peak RSS of the relaxrun process (MiB)"], rows)
         L += ["For the joblib rows, *other cores* also counts the launcher's worker processes.", ""]
+        th = (res.get("threads") or {}).get("settings") or {}
+        if "1" in th and len(th) > 1:
+            most = max(th, key=int)
+            scale = th["1"]["ms_per_step"]["median"] / th[most]["ms_per_step"]["median"]
+            L += [f"*Ceiling*: a sequential job trains on all {most} cores, {scale:.2f}x as fast as on one "
+                  f"(*Threads* under *What we tried*); {most} parallel one-thread jobs can then be at most "
+                  f"{int(most) / scale:.2f}x the sequential throughput, before the launcher's cost of starting "
+                  "worker processes (each imports torch and loads the data), which jobs this short do not "
+                  "amortise.", ""]
         for note in sw["notes"]:
             L += [f"* {note}", ""]
         j = sw["variants"].get("joblib, n_jobs=2")

@@ -182,3 +182,27 @@ def test_bad_arguments_raise_value_errors_naming_them():
         HardConcrete(0.0, r=1.0)
     with pytest.raises(ValueError):
         HardConcrete(0.0).log_prob(torch.tensor(-0.2))
+
+
+def test_atom_blend_equals_nested_where_in_value_and_gradient():
+    """The 0/1-weight blend behind the mixed laws' log_prob is exactly the nested `where` it replaces."""
+    from relaxrun.distributions._common import atoms_and_density
+
+    g = torch.Generator().manual_seed(4)
+    value = torch.rand(500, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    value[::7] = 0.0
+    value[3::7] = 1.0
+    a0, a1, dens = (torch.randn(500, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    blend = atoms_and_density(value, a0, a1, dens)
+    nested = torch.where(value <= 0, a0, torch.where(value >= 1, a1, dens))
+    nested = nested.masked_fill((value < 0) | (value > 1), -math.inf)
+    assert torch.equal(blend, nested)
+    w = torch.randn(500, generator=g, dtype=torch.float64)
+    inside = torch.isfinite(nested)
+    gb = torch.autograd.grad((blend[inside] * w[inside]).sum(), (a0, a1, dens))
+    gn = torch.autograd.grad((nested[inside] * w[inside]).sum(), (a0, a1, dens))
+    assert all(torch.equal(x, y) for x, y in zip(gb, gn))
+    # scalar atoms (an unbatched prior) broadcast over a batch of values
+    s = atoms_and_density(value, torch.tensor(-1.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64),
+                          dens.detach())
+    assert torch.equal(s[value == 0], torch.full_like(s[value == 0], -1.0)) and (s[value == 1] == -2.0).all()

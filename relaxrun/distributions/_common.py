@@ -22,6 +22,7 @@ __all__ = [
     "check_positive",
     "logit",
     "log1mexp",
+    "atoms_and_density",
 ]
 
 
@@ -134,6 +135,23 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     near = torch.log(-torch.expm1(torch.clamp(x, min=cut)))
     far = torch.log1p(-torch.exp(torch.clamp(x, max=cut)))
     return torch.where(x > cut, near, far)
+
+
+def atoms_and_density(value: torch.Tensor, log_mass_zero: torch.Tensor, log_mass_one: torch.Tensor,
+                      log_density: torch.Tensor) -> torch.Tensor:
+    """log p(value) for a law on [0, 1] with atoms at both ends: the atom's log mass at 0 and at 1,
+    ``log_density`` strictly between, -inf outside [0, 1].
+
+    The three are combined as ``w0 * atom0 + w1 * atom1 + (1 - w0 - w1) * density`` with 0/1 weights:
+    every product is exact and so is the sum, in value and in gradient, as with nested ``torch.where``,
+    which on the CPU costs a mispredicted branch per entry on the random masks a sample of these laws
+    makes (forward and twice in backward). Needs finite inputs: finite parameters, and
+    ``log_density`` evaluated at the value clamped into the open interval's closure.
+    """
+    w0 = (value <= 0).to(log_density.dtype)
+    w1 = (value >= 1).to(log_density.dtype)
+    out = w0 * log_mass_zero + w1 * log_mass_one + (1 - w0 - w1) * log_density
+    return out.masked_fill((value < 0) | (value > 1), -math.inf)
 
 
 LOG_2PI = math.log(2 * math.pi)

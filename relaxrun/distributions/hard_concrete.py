@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, as_tensor, check_positive, logit
+from ._common import RelaxrunDistribution, as_tensor, atoms_and_density, check_positive, logit
 from .binary_concrete import binary_concrete_logit_log_prob, sample_logistic
 
 __all__ = ["HardConcrete"]
@@ -136,8 +136,7 @@ class HardConcrete(RelaxrunDistribution):
         # clamping keeps the (discarded) density branch finite at the atoms and outside [0, 1]
         s = ((value.clamp(0.0, 1.0) - self.l) / width)
         inside = binary_concrete_logit_log_prob(logit(s), self.log_alpha, self.beta) - math.log(width)
-        out = torch.where(value <= 0, self.log_prob_zero(), torch.where(value >= 1, self.log_prob_one(), inside))
-        return out.masked_fill((value < 0) | (value > 1), -math.inf)
+        return atoms_and_density(value, self.log_prob_zero(), self.log_prob_one(), inside)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         """P(z <= x) = sigmoid(beta logit((x - l)/(r - l)) - log_alpha) for 0 <= x < 1; 1 for x >= 1."""

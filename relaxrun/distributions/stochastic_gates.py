@@ -33,7 +33,7 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, as_tensor, check_positive
+from ._common import RelaxrunDistribution, as_tensor, atoms_and_density, check_positive
 
 __all__ = ["StochasticGate"]
 
@@ -99,8 +99,7 @@ class StochasticGate(RelaxrunDistribution):
         value = torch.as_tensor(value, dtype=self.mu.dtype, device=self.mu.device)
         x = (value - self.mu) / self.sigma
         inside = -0.5 * x * x - torch.log(self.sigma) - _HALF_LOG_2PI
-        out = torch.where(value <= 0, self.log_prob_zero(), torch.where(value >= 1, self.log_prob_one(), inside))
-        return out.masked_fill((value < 0) | (value > 1), -math.inf)
+        return atoms_and_density(value, self.log_prob_zero(), self.log_prob_one(), inside)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         """P(z <= x) = Phi((x - mu)/sigma) for 0 <= x < 1 (this includes the atom at 0), 1 for x >= 1."""
