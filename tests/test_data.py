@@ -117,7 +117,7 @@ def test_train_batch_from_stored_thresholds_matches_binarize_of_the_pixels():
 
     pixels = torch.randint(0, 256, (50, 784), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     data = Data(train=pixels, test=torch.zeros(1, 784), val=None, binarize="dynamic")
-    assert data.thresholds.dtype == torch.int32 and data.thresholds.shape == pixels.shape
+    assert data.thresholds.dtype == torch.float32 and data.thresholds.shape == pixels.shape
     idx = torch.tensor([3, 7, 7, 41])
     a = data.train_batch(idx, torch.Generator().manual_seed(5))
     b = binarize(pixels[idx], "dynamic", torch.Generator().manual_seed(5))
