@@ -206,3 +206,26 @@ def test_atom_blend_equals_nested_where_in_value_and_gradient():
     s = atoms_and_density(value, torch.tensor(-1.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64),
                           dens.detach())
     assert torch.equal(s[value == 0], torch.full_like(s[value == 0], -1.0)) and (s[value == 1] == -2.0).all()
+
+
+def test_density_at_own_sample_shortcut_matches_the_general_formula():
+    """log_prob(rsample()) takes a shortcut through the stored noise: same value and gradients as the
+    general formula evaluated on the sample; a sample without history (sample()) does not use it."""
+    g = torch.Generator().manual_seed(8)
+    log_alpha = (2 * torch.randn(400, generator=g, dtype=torch.float64)).requires_grad_()
+    beta = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    q = HardConcrete(log_alpha, beta)
+    z = q.rsample(generator=g)
+    assert q._draw is not None
+    fast = q.log_prob(z)
+    general = q.log_prob(z.clone())  # another tensor object: the general formula
+    assert q._draw[0] is z
+    inside = (z > 0) & (z < 1)
+    assert inside.any() and (~inside).any()
+    assert torch.allclose(fast, general, rtol=1e-9, atol=1e-9)
+    for a, b in zip(torch.autograd.grad(fast.sum(), (log_alpha, beta), retain_graph=True),
+                    torch.autograd.grad(general.sum(), (log_alpha, beta))):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+    q2 = HardConcrete(log_alpha, beta)
+    q2.sample(generator=g)
+    assert q2._draw is None

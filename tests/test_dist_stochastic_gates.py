@@ -173,3 +173,20 @@ def test_bad_arguments_raise_value_errors_naming_them():
         StochasticGate(0.5, 0.5).log_prob(torch.tensor(1.5))
     lp = StochasticGate(0.5, 0.5, validate_args=False).log_prob(torch.tensor([-0.1, 1.5]))
     assert torch.isneginf(lp).all()
+
+
+def test_density_at_own_sample_shortcut_matches_the_general_formula():
+    g = torch.Generator().manual_seed(9)
+    mu = (0.5 + torch.randn(400, generator=g, dtype=torch.float64)).requires_grad_()
+    sigma = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    q = StochasticGate(mu, sigma)
+    z = q.rsample(generator=g)
+    assert q._draw is not None and ((z > 0) & (z < 1)).any() and ((z == 0) | (z == 1)).any()
+    fast, general = q.log_prob(z), q.log_prob(z.clone())
+    assert torch.allclose(fast, general, rtol=1e-9, atol=1e-9)
+    for a, b in zip(torch.autograd.grad(fast.sum(), (mu, sigma), retain_graph=True),
+                    torch.autograd.grad(general.sum(), (mu, sigma))):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+    q2 = StochasticGate(mu, sigma)
+    q2.sample(generator=g)
+    assert q2._draw is None

@@ -69,6 +69,7 @@ class HardConcrete(RelaxrunDistribution):
         beta = check_positive(beta, "beta", name, like=log_alpha, validate=validate_args is not False)
         self.log_alpha, self.beta = broadcast_all(log_alpha, beta)
         self.l, self.r = float(l), float(r)
+        self._draw = None
         super().__init__(self.log_alpha.shape, validate_args=validate_args)
 
     @property
@@ -87,6 +88,7 @@ class HardConcrete(RelaxrunDistribution):
         new.log_alpha = self.log_alpha.expand(batch_shape)
         new.beta = self.beta.expand(batch_shape)
         new.l, new.r = self.l, self.r
+        new._draw = None
         super(HardConcrete, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -95,8 +97,13 @@ class HardConcrete(RelaxrunDistribution):
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         noise = sample_logistic(shape, self.log_alpha.dtype, self.log_alpha.device, generator)
-        s = torch.sigmoid((self.log_alpha + noise) / self.beta)
-        return torch.clamp(s * (self.r - self.l) + self.l, 0.0, 1.0)
+        y = (self.log_alpha + noise) / self.beta
+        z = torch.clamp(torch.sigmoid(y) * (self.r - self.l) + self.l, 0.0, 1.0)
+        # log_prob has a shortcut at this very sample; it equals the general formula as a function of
+        # the parameters only if the sample carries its autograd history (not so for sample())
+        if z.requires_grad or not (self.log_alpha.requires_grad or self.beta.requires_grad):
+            self._draw = (z, y, noise)
+        return z
 
     def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         with torch.no_grad():
@@ -131,12 +138,30 @@ class HardConcrete(RelaxrunDistribution):
         """log atom mass at z = 0 or 1, stretched Binary Concrete log density inside, -inf outside."""
         if self._validate_args:
             self._validate_sample(value)
-        value = torch.as_tensor(value, dtype=self.log_alpha.dtype, device=self.log_alpha.device)
         width = self.r - self.l
-        # clamping keeps the (discarded) density branch finite at the atoms and outside [0, 1]
-        s = ((value.clamp(0.0, 1.0) - self.l) / width)
-        inside = binary_concrete_logit_log_prob(logit(s), self.log_alpha, self.beta) - math.log(width)
+        if self._draw is not None and value is self._draw[0]:
+            inside = self._density_at_own_draw() - math.log(width)
+        else:
+            value = torch.as_tensor(value, dtype=self.log_alpha.dtype, device=self.log_alpha.device)
+            # clamping keeps the (discarded) density branch finite at the atoms and outside [0, 1]
+            s = ((value.clamp(0.0, 1.0) - self.l) / width)
+            inside = binary_concrete_logit_log_prob(logit(s), self.log_alpha, self.beta) - math.log(width)
         return atoms_and_density(value, self.log_prob_zero(), self.log_prob_one(), inside)
+
+    def _density_at_own_draw(self) -> torch.Tensor:
+        """Binary Concrete log density of the unstretched sample, from the stored draw.
+
+        The sample's logit is ``y = (log_alpha + u) / beta`` with logistic noise ``u``, so the
+        density's ``a = log_alpha - beta y`` is ``-u``: ``a - 2 softplus(a)`` is a constant of the
+        parameters along the sample path (zero gradient) and is taken from the noise without
+        autograd, and ``y`` needs no recomputation from the clamped, stretched value (where it also
+        keeps the precision that rounding ``sigmoid(y)`` loses). Same value and gradients as the
+        general formula.
+        """
+        _, y, u = self._draw
+        with torch.no_grad():
+            a_part = -u - 2 * F.softplus(-u)
+        return torch.log(self.beta) + a_part + F.softplus(y) + F.softplus(-y)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         """P(z <= x) = sigmoid(beta logit((x - l)/(r - l)) - log_alpha) for 0 <= x < 1; 1 for x >= 1."""

@@ -61,6 +61,7 @@ class StochasticGate(RelaxrunDistribution):
         mu = as_tensor(mu, name="mu", dist="StochasticGate")
         sigma = check_positive(sigma, "sigma", "StochasticGate", like=mu, validate=validate_args is not False)
         self.mu, self.sigma = broadcast_all(mu, sigma)
+        self._draw = None
         super().__init__(self.mu.shape, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -68,6 +69,7 @@ class StochasticGate(RelaxrunDistribution):
         batch_shape = torch.Size(batch_shape)
         new.mu = self.mu.expand(batch_shape)
         new.sigma = self.sigma.expand(batch_shape)
+        new._draw = None
         super(StochasticGate, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -76,7 +78,12 @@ class StochasticGate(RelaxrunDistribution):
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator)
-        return torch.clamp(self.mu + self.sigma * eps, 0.0, 1.0)
+        z = torch.clamp(self.mu + self.sigma * eps, 0.0, 1.0)
+        # log_prob has a shortcut at this very sample; it equals the general formula as a function of
+        # the parameters only if the sample carries its autograd history (not so for sample())
+        if z.requires_grad or not (self.mu.requires_grad or self.sigma.requires_grad):
+            self._draw = (z, eps)
+        return z
 
     def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         with torch.no_grad():
@@ -96,8 +103,13 @@ class StochasticGate(RelaxrunDistribution):
         """log atom mass at z = 0 or z = 1, log Gaussian density for 0 < z < 1, -inf outside [0, 1]."""
         if self._validate_args:
             self._validate_sample(value)
-        value = torch.as_tensor(value, dtype=self.mu.dtype, device=self.mu.device)
-        x = (value - self.mu) / self.sigma
+        if self._draw is not None and value is self._draw[0]:
+            # at its own sample (value - mu) / sigma is the noise itself wherever the gate is open:
+            # -x^2 / 2 is then a constant of the parameters along the sample path (zero gradient)
+            x = self._draw[1]
+        else:
+            value = torch.as_tensor(value, dtype=self.mu.dtype, device=self.mu.device)
+            x = (value - self.mu) / self.sigma
         inside = -0.5 * x * x - torch.log(self.sigma) - _HALF_LOG_2PI
         return atoms_and_density(value, self.log_prob_zero(), self.log_prob_one(), inside)
 
