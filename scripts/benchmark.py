@@ -753,11 +753,9 @@ SLOWER_KERNELS = {
                    "The estimator's sample count sets it (`method.kl_samples`).",
     "stochastic_gates": "the exact mixed law: two Gaussian log-CDFs per entry for the atoms "
                         "(`torch.special.log_ndtr`, about 20 ns an entry on this CPU, the largest single "
-                        "cost) and masked selects between atoms and density (a mispredicted branch per "
-                        "entry on a random mask). Not inherent; not yet reduced.",
-    "hard_concrete": "the exact mixed law: two log-sigmoid atoms and the stretched Binary Concrete density per "
-                     "entry, combined by masked selects (a mispredicted branch per entry on a random mask). "
-                     "Not inherent; not yet reduced.",
+                        "cost), the Gaussian density inside and their 0/1-weighted combination.",
+    "hard_concrete": "the exact mixed law: two log-sigmoid atoms per entry, the stretched Binary Concrete "
+                     "density inside (softplus terms) and their 0/1-weighted combination.",
 }
 INHERENT_KERNELS = {"correlated_bernoulli"}
 
