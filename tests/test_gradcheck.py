@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Categorical, kl_divergence
 
 from relaxrun import gradcheck as gc
+from relaxrun.config import method_options
 from relaxrun.methods import available_methods, get_method_class
+from relaxrun.methods.reinforce import ReinforceMethod
 from relaxrun.methods.base import METHODS, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll
 
 DT = torch.float64
@@ -110,8 +112,7 @@ def test_enumeration_covers_every_configuration_once():
 def _hook_cases():
     cases = []
     for name in available_methods():
-        cls = get_method_class(name)
-        m = cls(cls.Config(latent_dim=3))
+        m = get_method_class(name)(method_options(name, latent_dim=3))
         try:
             m.discrete_law(torch.zeros(1, m.param_dim), 0.5)
         except NotImplementedError:
@@ -130,7 +131,7 @@ def test_discrete_law_is_the_law_of_the_hard_decoder_input(name, overrides):
     cls = get_method_class(name)
     fields = {f for f in cls.Config.__dataclass_fields__}
     cfg = {"latent_dim": 3, **overrides, **({"categories": 4} if "categories" in fields else {})}
-    m = cls(cls.Config(**cfg)).to(DT)
+    m = cls(method_options(name, **cfg)).to(DT)
     tau = 0.5
     params = 1.2 * torch.randn(2, m.param_dim, dtype=DT)
     law = m.discrete_law(params, tau)
@@ -289,7 +290,7 @@ def test_main_writes_csv_plot_table_and_doc(tmp_path, capsys):
     assert "| vae | `straight_through` |" in text
 
 
-class _ExtraSurrogate(gc.ScoreFunctionReference):
+class _ExtraSurrogate(ReinforceMethod):
     """The reference plus a gradient-only term outside ``mean(kl)``, like a score-function KL surrogate."""
 
     def loss(self, params, decode, x, tau):
@@ -300,14 +301,14 @@ class _ExtraSurrogate(gc.ScoreFunctionReference):
 
 def test_expectation_objective_refuses_losses_with_a_separate_kl_surrogate():
     prob = gc.make_problem("toy_vector", "bernoulli")
-    cfg = gc.ScoreFunctionConfig(latent_dim=prob.shape[0])
+    cfg = method_options("reinforce", latent_dim=prob.shape[0])
     params = prob.make_params(prob.latent_dim)
-    assert gc.expectation_is_isolated(gc.ScoreFunctionReference(cfg).to(DT), prob, params, 1.0)
+    assert gc.expectation_is_isolated(ReinforceMethod(cfg).to(DT), prob, params, 1.0)
     assert not gc.expectation_is_isolated(_ExtraSurrogate(cfg).to(DT), prob, params, 1.0)
 
 
 def test_correlated_bernoulli_has_no_independent_law_once_correlated():
     cls = get_method_class("correlated_bernoulli")
-    m = cls(cls.Config(latent_dim=3, correlation="equicorrelated", rho=0.3))
+    m = cls(method_options("correlated_bernoulli", latent_dim=3, correlation="equicorrelated", rho=0.3))
     with pytest.raises(NotImplementedError, match="copula"):
         m.discrete_law(torch.zeros(1, 3), 0.5)
