@@ -629,3 +629,41 @@ def test_laplace_bridge_figure_script_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     alpha, back = run.stdout.split("alpha=")[1].split("  alpha_back=")
     assert alpha.strip() == back.strip()  # the round trip, as printed
+
+
+# ==================================================================================================
+# the shared Gumbel sampler and Gumbel-max
+# ==================================================================================================
+def test_one_gumbel_sampler_under_every_name():
+    import relaxrun.distributions as dists
+    from relaxrun.distributions import concrete, gumbel
+
+    assert sample_gumbel is concrete.sample_gumbel is gumbel.sample_gumbel is dists.sample_gumbel
+    assert dists.gumbel_max_one_hot is gumbel.gumbel_max_one_hot
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_sample_gumbel_is_finite_standard_gumbel(dtype):
+    g = sample_gumbel((200_000,), dtype, "cpu", torch.Generator().manual_seed(0))
+    assert g.shape == (200_000,) and g.dtype == dtype and torch.isfinite(g).all()
+    if dtype in (torch.float32, torch.float64):
+        # Gumbel(0, 1): mean Euler's gamma, variance pi^2 / 6 (standard errors 0.003 and 0.007)
+        assert abs(g.double().mean().item() - 0.5772156649) < 0.015
+        assert abs(g.double().var().item() - math.pi ** 2 / 6) < 0.04
+
+
+def test_gumbel_max_one_hot_is_an_exact_categorical_draw():
+    from relaxrun.distributions import gumbel_max_one_hot
+
+    logits = torch.tensor([[1.0, -0.5, 0.3, 2.0], [0.0, 0.0, -3.0, 0.5]], dtype=F64, requires_grad=True)
+    c = gumbel_max_one_hot(logits, (50_000,), generator=torch.Generator().manual_seed(1))
+    assert c.shape == (50_000, 2, 4) and c.dtype == F64 and not c.requires_grad
+    assert torch.equal(c.sum(-1), torch.ones(50_000, 2, dtype=F64)) and bool(((c == 0) | (c == 1)).all())
+    # the same uniforms give argmax(logits + g) exactly
+    g = sample_gumbel((50_000, 2, 4), F64, "cpu", torch.Generator().manual_seed(1))
+    assert torch.equal(c.argmax(-1), (logits.detach() + g).argmax(-1))
+    # frequencies: chi-square against softmax(logits) per row (false alarm 1e-4 each)
+    p = torch.softmax(logits.detach(), -1).numpy()
+    counts = c.sum(0).numpy()
+    for row in range(2):
+        assert stats.chisquare(counts[row], 50_000 * p[row]).pvalue > 1e-4

@@ -4,6 +4,7 @@ from .binary_concrete import RelaxedBernoulli
 from .concrete import GumbelSoftmax
 from .correlated_bernoulli import (CorrelatedRelaxedBernoulli, correlation_cholesky_from_params, equicorrelation,
                                    identity_correlation, num_correlation_params)
+from .gumbel import gumbel_max_one_hot, sample_gumbel
 from .gumbel_topk import GumbelTopK, PlackettLuce, plackett_luce_log_prob, relaxed_topk, topk_khot
 from .hard_concrete import HardConcrete
 from .invertible_gaussian import InvertibleGaussian
@@ -17,5 +18,5 @@ __all__ = [
     "StochasticTimesSmooth", "CorrelatedRelaxedBernoulli", "identity_correlation", "equicorrelation",
     "correlation_cholesky_from_params", "num_correlation_params", "InvertibleGaussian", "GumbelTopK",
     "PlackettLuce", "plackett_luce_log_prob", "relaxed_topk", "topk_khot", "LogisticNormalSoftmax",
-    "dirichlet_to_logistic_normal", "logistic_normal_to_dirichlet",
+    "dirichlet_to_logistic_normal", "logistic_normal_to_dirichlet", "sample_gumbel", "gumbel_max_one_hot",
 ]

@@ -1,9 +1,21 @@
-"""Shared helpers for relaxrun's distributions: argument checks with readable errors.
+"""Shared helpers for relaxrun's distributions: argument checks with readable errors, and the
+mixins that hold what the distributions have in common.
 
 Every distribution in this package derives from :class:`RelaxrunDistribution`, which runs the
 ``arg_constraints`` check of :class:`torch.distributions.Distribution` itself so that a bad
 argument raises a ``ValueError`` naming the distribution, the argument and its allowed range,
 e.g. ``RelaxedBernoulli: probs must lie in [0, 1]; got 1.5``.
+
+Mixins (listed before :class:`RelaxrunDistribution` among a class's bases):
+
+* :class:`DeclaredExpand` -- ``expand`` from a declaration of the parameters and their trailing
+  (non-batch) dimensions;
+* :class:`BinaryProbsLogits` / :class:`CategoricalProbsLogits` (both :class:`DeclaredExpand`) -- one
+  of ``probs`` / ``logits`` is given, the other computed on first use (sigmoid/logit, or
+  softmax/log), plus ``param_shape``;
+* :class:`SampleCache` -- what sampling computed about the latest sample, for ``log_prob`` at that
+  very tensor, under the rule that keeps the density's value *and* gradient those of the general
+  formula.
 """
 
 from __future__ import annotations
@@ -13,14 +25,21 @@ from numbers import Number
 
 import torch
 from torch.distributions import Distribution, constraints
+from torch.distributions.utils import lazy_property
 
 __all__ = [
     "RelaxrunDistribution",
+    "DeclaredExpand",
+    "BinaryProbsLogits",
+    "CategoricalProbsLogits",
+    "SampleCache",
+    "keeps_sample_path",
     "describe_constraint",
     "as_tensor",
     "probs_or_logits",
     "check_positive",
     "logit",
+    "log_clamped",
     "log1mexp",
     "atoms_and_density",
 ]
@@ -84,6 +103,155 @@ class RelaxrunDistribution(Distribution):
         super().__init__(batch_shape, event_shape, validate_args=False)
         self._validate_args = bool(validate_args)
 
+    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
+        """A draw without autograd history, shape ``sample_shape + batch_shape + event_shape``:
+        ``rsample`` under ``no_grad`` (so the same values for the same generator state)."""
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+
+class DeclaredExpand:
+    """Mixin: ``expand`` from a declaration of which attributes are parameters.
+
+    A class declares
+
+    * ``_expand_params``: ``{attribute name: number of trailing non-batch dimensions}`` -- 0 for one
+      number per variable (a temperature), 1 for a vector per variable (logits over K categories, D
+      coordinates), 2 for a matrix per variable (a D x D Cholesky factor);
+    * ``_expand_copy``: attributes shared as they are (integers, stretch limits, a shared factor).
+
+    ``expand(batch_shape)`` gives every declared parameter that is set on the instance the shape
+    ``batch_shape + its trailing dimensions`` (a view, as ``Tensor.expand``); a lazily computed one
+    (``probs`` or ``logits``) is expanded only if it has been computed. ``event_shape`` and
+    ``validate_args`` carry over; sample caches do not (a new instance starts with none). The class
+    that declares ``_expand_params`` is the one whose constructor ``expand`` stands in for: a subclass
+    with its own ``__init__`` must define its own ``expand`` (torch's rule, via
+    ``_get_checked_instance``) or declare its own ``_expand_params``.
+    """
+
+    _expand_params: dict[str, int] = {}
+    _expand_copy: tuple[str, ...] = ()
+    _expand_owner: type | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_expand_params" in cls.__dict__:
+            cls._expand_owner = cls
+
+    def expand(self, batch_shape, _instance=None):
+        owner = self._expand_owner
+        new = self._get_checked_instance(owner, _instance)
+        batch_shape = torch.Size(batch_shape)
+        params = self.__dict__
+        for name, trailing in self._expand_params.items():
+            if name in params:
+                v = params[name]
+                setattr(new, name, v.expand(batch_shape + v.shape[v.dim() - trailing:]))
+        for name in self._expand_copy:
+            setattr(new, name, params[name])
+        super(owner, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+class _ProbsLogits(DeclaredExpand):
+    """What the two kinds of probs/logits parameters share: ``param_shape``."""
+
+    @property
+    def param_shape(self) -> torch.Size:
+        """Shape of ``probs`` and ``logits`` (``batch_shape``, plus the last dimension that they span
+        where there is one: the K categories, or the D coordinates of a multivariate law)."""
+        params = self.__dict__
+        return (params["probs"] if "probs" in params else self.logits).shape
+
+
+class BinaryProbsLogits(_ProbsLogits):
+    """Mixin for Bernoulli-type parameters: ``probs`` p in [0, 1] and ``logits`` log p - log(1 - p).
+
+    The constructor stores the one it was given (under its own name); the other is computed on first
+    use (:func:`logit`, which clamps p into the open interval, or ``sigmoid``) and kept.
+    """
+
+    @lazy_property
+    def logits(self) -> torch.Tensor:
+        return logit(self.probs)
+
+    @lazy_property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+
+class CategoricalProbsLogits(_ProbsLogits):
+    """Mixin for categorical parameters over the last dimension (K categories): ``probs`` on the
+    simplex and ``logits``, their logs.
+
+    The constructor stores the one it was given; ``logits`` from ``probs`` is :func:`log_clamped`
+    (finite where a probability is 0) and ``probs`` from ``logits`` is ``softmax(logits)``.
+    """
+
+    @lazy_property
+    def logits(self) -> torch.Tensor:
+        return log_clamped(self.probs)
+
+    @lazy_property
+    def probs(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=-1)
+
+
+def keeps_sample_path(value: torch.Tensor, params) -> bool:
+    """Whether quantities made from a sample's noise may stand in for the general formula at ``value``.
+
+    At a fixed value the general formula's noise-like terms (the noise recovered from the value, a
+    latent Gaussian) depend on the parameters; the stored ones do not. Both have the same derivative
+    exactly when it is taken along the sample path, i.e. when ``value`` carries its autograd history,
+    and there is no gradient to get wrong when no parameter in ``params`` requires grad. A sample
+    made under ``no_grad`` (``sample()``) from parameters that do is neither: it is a fixed point.
+    """
+    if value.requires_grad:
+        return True
+    for p in params:
+        if p.requires_grad:
+            return False
+    return True
+
+
+class SampleCache:
+    """Mixin: ``log_prob`` at the distribution's own latest sample from what sampling computed.
+
+    Sampling stores a record ``(value, *aux)`` under an attribute, a *slot* (``_cache``, unless a class
+    keeps several), with :meth:`_remember`; :meth:`_recall` returns it only for that very tensor
+    (identity, not equality, as torch's transform caches: an equal tensor may be another point as
+    far as autograd is concerned). Any other tensor goes through the general formula. What may be
+    stored, so that the density has the general formula's value *and* gradient:
+
+    * *value auxiliaries*, functions of the value alone computed without rounding it (its logit, its
+      log): always. At a sample without history they carry none either, and the density recomputes
+      its parameter-dependent parts from them as the general formula does from the value; at a
+      sample with history their derivative is the value's.
+    * *path auxiliaries*, functions of the noise (the noise, a latent Gaussian): only where
+      :func:`keeps_sample_path` holds. Elsewhere a class stores ``None`` in their place (or clears a
+      slot that holds only them) and recomputes them from the value auxiliaries.
+
+    A new instance (also one made by ``expand``) has no records: the slots' class defaults are None.
+    """
+
+    _cache = None
+
+    def _remember(self, slot: str, value: torch.Tensor, *aux) -> None:
+        self.__dict__[slot] = (value, *aux)
+
+    def _remember_path(self, slot: str, params, value: torch.Tensor, *aux) -> None:
+        """Store a record of path auxiliaries where :func:`keeps_sample_path` allows it (else clear
+        the slot: a stale record would only keep the previous sample's graph alive)."""
+        self.__dict__[slot] = (value, *aux) if keeps_sample_path(value, params) else None
+
+    def _recall(self, slot: str, value: torch.Tensor):
+        """The record ``(value, *aux)`` of slot ``slot`` if ``value`` is its sample, else None."""
+        record = self.__dict__.get(slot)
+        if record is not None and record[0] is value:
+            return record
+        return None
+
 
 def as_tensor(x, like: torch.Tensor | None = None, name: str = "argument", dist: str = "") -> torch.Tensor:
     """Tensor from a number or tensor; floating point, on ``like``'s device/dtype when given."""
@@ -124,6 +292,12 @@ def logit(p: torch.Tensor) -> torch.Tensor:
     tiny = torch.finfo(p.dtype).tiny
     p = p.clamp(tiny, 1 - eps)
     return torch.log(p) - torch.log1p(-p)
+
+
+def log_clamped(p: torch.Tensor) -> torch.Tensor:
+    """log max(p, tiny): a zero probability becomes a very negative but finite log (about -87 in
+    float32, -708 in float64), so that the sums, keys and gradients made from it stay finite."""
+    return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:

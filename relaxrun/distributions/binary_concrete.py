@@ -28,9 +28,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all, lazy_property
+from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, check_positive, logit, probs_or_logits
+from ._common import BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, logit, probs_or_logits
 
 __all__ = ["RelaxedBernoulli", "binary_concrete_logit_log_prob"]
 
@@ -50,7 +50,7 @@ def sample_logistic(shape, dtype, device, generator=None) -> torch.Tensor:
     return torch.log(u).sub_(u.neg_().log1p_())
 
 
-class RelaxedBernoulli(RelaxrunDistribution):
+class RelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
     """Binary Concrete (relaxed Bernoulli) on (0, 1), parameterised by ``probs`` or ``logits``.
 
     Args:
@@ -68,6 +68,7 @@ class RelaxedBernoulli(RelaxrunDistribution):
     }
     support = constraints.unit_interval
     has_rsample = True
+    _expand_params = {"probs": 0, "logits": 0, "temperature": 0}
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
         name, param = probs_or_logits(probs, logits, "RelaxedBernoulli", is_binary=True)
@@ -76,32 +77,7 @@ class RelaxedBernoulli(RelaxrunDistribution):
         temperature, param = broadcast_all(temperature, param)
         self.temperature = temperature
         setattr(self, name, param)
-        self._cache = None
         super().__init__(param.shape, validate_args=validate_args)
-
-    @lazy_property
-    def logits(self) -> torch.Tensor:
-        return logit(self.probs)
-
-    @lazy_property
-    def probs(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits)
-
-    @property
-    def param_shape(self) -> torch.Size:
-        return self.batch_shape
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(RelaxedBernoulli, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.temperature = self.temperature.expand(batch_shape)
-        for name in ("probs", "logits"):
-            if name in self.__dict__:
-                setattr(new, name, getattr(self, name).expand(batch_shape))
-        new._cache = None
-        super(RelaxedBernoulli, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def rsample_logit(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """Differentiable sample of y = logit(z), shape ``sample_shape + batch_shape``."""
@@ -112,20 +88,19 @@ class RelaxedBernoulli(RelaxrunDistribution):
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         y = self.rsample_logit(sample_shape, generator)
         z = torch.sigmoid(y)
-        self._cache = (z, y)
+        # y = logit(z) without the rounding of z: a value auxiliary (see SampleCache), valid at
+        # sample() and at rsample() alike
+        self._remember("_cache", z, y)
         return z
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     def log_prob_logit(self, y: torch.Tensor) -> torch.Tensor:
         """log p(z) at z = sigmoid(y), computed from y (density with respect to z)."""
         return binary_concrete_logit_log_prob(y, self.logits, self.temperature)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._cache is not None and value is self._cache[0]:
-            y = self._cache[1]
+        record = self._recall("_cache", value)
+        if record is not None:
+            y = record[1]
         else:
             if self._validate_args:
                 self._validate_sample(value)

@@ -29,18 +29,13 @@ import math
 
 import torch
 from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all, lazy_property
+from torch.distributions.utils import lazy_property
 
-from ._common import RelaxrunDistribution, check_positive, probs_or_logits
+from ._common import (CategoricalProbsLogits, RelaxrunDistribution, SampleCache, check_positive, log_clamped,
+                      probs_or_logits)
+from .gumbel import sample_gumbel  # re-exported: its home is relaxrun.distributions.gumbel
 
 __all__ = ["GumbelSoftmax", "concrete_log_prob_from_log_value", "log_softmax", "sample_gumbel"]
-
-
-def sample_gumbel(shape, dtype, device, generator=None) -> torch.Tensor:
-    """Standard Gumbel noise -log(-log u), one independent draw per element."""
-    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
-    # in place on the fresh buffer (the noise has no autograd history): same values, fewer allocations
-    return u.clamp_min_(torch.finfo(dtype).tiny).log_().neg_().log_().neg_()
 
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +63,7 @@ def concrete_log_prob_from_log_value(log_z: torch.Tensor, logits: torch.Tensor, 
     return math.lgamma(k) + (k - 1) * torch.log(temperature) - log_z.sum(-1) + log_softmax(c).sum(-1)
 
 
-class GumbelSoftmax(RelaxrunDistribution):
+class GumbelSoftmax(CategoricalProbsLogits, SampleCache, RelaxrunDistribution):
     """Relaxed one-hot categorical (Concrete) on the (K-1)-simplex.
 
     Args:
@@ -84,6 +79,8 @@ class GumbelSoftmax(RelaxrunDistribution):
     }
     support = constraints.simplex
     has_rsample = True
+    _expand_params = {"probs": 1, "logits": 1, "_shifted_logits": 1, "temperature": 0}
+    _noise = None  # the second slot: (log z, Gumbel noise) of the latest rsample_log, when valid
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None):
         name, param = probs_or_logits(probs, logits, "GumbelSoftmax", is_binary=False)
@@ -105,8 +102,6 @@ class GumbelSoftmax(RelaxrunDistribution):
         batch_shape = temperature.shape
         self.temperature = temperature
         setattr(self, name, param.expand(batch_shape + param.shape[-1:]))
-        self._cache = None
-        self._noise = None
         super().__init__(batch_shape, param.shape[-1:], validate_args=validate_args)
         if name == "logits":
             self._shifted_logits = self.__dict__.pop("logits")
@@ -115,31 +110,13 @@ class GumbelSoftmax(RelaxrunDistribution):
     def logits(self) -> torch.Tensor:
         if "_shifted_logits" in self.__dict__:
             return log_softmax(self._shifted_logits)
-        eps = torch.finfo(self.probs.dtype).tiny
-        return torch.log(self.probs.clamp_min(eps))
+        return log_clamped(self.probs)
 
     def _logits_up_to_shift(self) -> torch.Tensor:
         """The logits, possibly shifted by a constant per variable (all sampling and density code is
         invariant to that shift, so it never pays for normalising them)."""
         d = self.__dict__
         return d["_shifted_logits"] if "_shifted_logits" in d else self.logits
-
-    @lazy_property
-    def probs(self) -> torch.Tensor:
-        return torch.softmax(self.logits, dim=-1)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(GumbelSoftmax, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.temperature = self.temperature.expand(batch_shape)
-        for name in ("probs", "logits", "_shifted_logits"):
-            if name in self.__dict__:
-                setattr(new, name, getattr(self, name).expand(batch_shape + self.event_shape))
-        new._cache = None
-        new._noise = None
-        super(GumbelSoftmax, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def rsample_log(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """Differentiable sample of log z = log_softmax((logits + g) / tau)."""
@@ -151,19 +128,14 @@ class GumbelSoftmax(RelaxrunDistribution):
         # the density at this very sample has a shortcut (log_prob_log_value); it equals the general
         # formula as a function of the parameters only if the sample carries its autograd history
         # (not so for sample(), whose callers want the density's gradient at a fixed z)
-        if log_z.requires_grad or not (logits.requires_grad or self.temperature.requires_grad):
-            self._noise = (log_z, g)
+        self._remember_path("_noise", (logits, self.temperature), log_z, g)
         return log_z
 
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         log_z = self.rsample_log(sample_shape, generator)
         z = log_z.exp()
-        self._cache = (z, log_z)
+        self._remember("_cache", z, log_z)  # exact log z: a value auxiliary
         return z
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     def log_prob_log_value(self, log_z: torch.Tensor) -> torch.Tensor:
         """log p(z) computed from log z (exact where z itself would underflow).
@@ -175,16 +147,18 @@ class GumbelSoftmax(RelaxrunDistribution):
         gradient), and is computed from the noise without autograd: the same value and the same
         gradients as the general formula, at about half the cost.
         """
-        if self._noise is not None and log_z is self._noise[0]:
+        record = self._recall("_noise", log_z)
+        if record is not None:
             k = log_z.shape[-1]
             with torch.no_grad():
-                noise_term = log_softmax(-self._noise[1]).sum(-1)
+                noise_term = log_softmax(-record[1]).sum(-1)
             return math.lgamma(k) + (k - 1) * torch.log(self.temperature) - log_z.sum(-1) + noise_term
         return concrete_log_prob_from_log_value(log_z, self._logits_up_to_shift(), self.temperature)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._cache is not None and value is self._cache[0]:
-            log_z = self._cache[1]
+        record = self._recall("_cache", value)
+        if record is not None:
+            log_z = record[1]
         else:
             if self._validate_args:
                 self._validate_sample(value)

@@ -22,8 +22,12 @@ Numerics: sampling forms logit(u) = log Phi(w) - log Phi(-w) with ``log_ndtr`` (
 or 1); the inverse map Phi^{-1}(sigmoid(t)) is taken in float64 on the side where sigmoid does
 not round (|t| is clamped at 700, where float64 sigmoid would underflow). The copula term is
 computed in float64 and added in the parameters' dtype. ``log_prob`` of the tensor most recently
-returned by ``rsample``/``sample`` uses the cached logit(z) and w of that sample, so it is exact
-on the distribution's own float32 samples even where z rounded to 0 or 1.
+returned by ``rsample``/``sample`` uses the logit(z) computed with that sample, so it is exact on
+the distribution's own float32 samples even where z rounded to 0 or 1. The latent w drawn with the
+sample is reused only if the sample carries its autograd history (``rsample``): at a fixed z (a
+``sample()`` from parameters that require grad) w = Phi^{-1}(u(z)) is a function of ``logits`` and
+tau, so it is recomputed from the stored logit and the gradient is that of the density (see
+:class:`~relaxrun.distributions._common.SampleCache`).
 
 Building R (all return tensors; pass them as ``correlation=`` or ``scale_tril=``):
 
@@ -44,9 +48,10 @@ from numbers import Number
 
 import torch
 from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all, lazy_property
+from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, check_positive, logit, probs_or_logits
+from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, keeps_sample_path, logit,
+                      probs_or_logits)
 from .binary_concrete import RelaxedBernoulli, binary_concrete_logit_log_prob
 
 __all__ = [
@@ -171,7 +176,7 @@ def _ndtri_of_sigmoid(t: torch.Tensor) -> torch.Tensor:
 
 
 # -- the distribution ------------------------------------------------------------------------------
-class CorrelatedRelaxedBernoulli(RelaxrunDistribution):
+class CorrelatedRelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
     """D Binary Concrete coordinates coupled by a Gaussian copula with correlation matrix R.
 
     Args:
@@ -195,6 +200,8 @@ class CorrelatedRelaxedBernoulli(RelaxrunDistribution):
     }
     support = constraints.independent(constraints.unit_interval, 1)
     has_rsample = True
+    _expand_params = {"probs": 1, "logits": 1, "temperature": 1, "_scale_tril": 2}
+    _expand_copy = ("_L_shared",)
 
     def __init__(self, temperature, probs=None, logits=None, correlation=None, scale_tril=None,
                  validate_args=None):
@@ -218,16 +225,7 @@ class CorrelatedRelaxedBernoulli(RelaxrunDistribution):
         self.temperature = temperature.expand(batch_shape + (dim,))
         self._scale_tril = L.expand(batch_shape + (dim, dim))
         self._L_shared = L if L.dim() == 2 else None  # one R for the whole batch: solve it once
-        self._cache = None
         super().__init__(batch_shape, torch.Size((dim,)), validate_args=validate_args)
-
-    @lazy_property
-    def logits(self) -> torch.Tensor:
-        return logit(self.probs)
-
-    @lazy_property
-    def probs(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits)
 
     @property
     def scale_tril(self) -> torch.Tensor:
@@ -242,21 +240,6 @@ class CorrelatedRelaxedBernoulli(RelaxrunDistribution):
     def marginal(self) -> RelaxedBernoulli:
         """The exact law of each coordinate: Binary Concrete, ``batch_shape + (D,)`` (event ``()``)."""
         return RelaxedBernoulli(self.temperature, logits=self.logits, validate_args=False)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(CorrelatedRelaxedBernoulli, _instance)
-        batch_shape = torch.Size(batch_shape)
-        dim = self.event_shape[0]
-        for name in ("probs", "logits"):
-            if name in self.__dict__:
-                setattr(new, name, getattr(self, name).expand(batch_shape + (dim,)))
-        new.temperature = self.temperature.expand(batch_shape + (dim,))
-        new._scale_tril = self._scale_tril.expand(batch_shape + (dim, dim))
-        new._L_shared = self._L_shared
-        new._cache = None
-        super(CorrelatedRelaxedBernoulli, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     # -- sampling -------------------------------------------------------------------------------
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
@@ -275,22 +258,28 @@ class CorrelatedRelaxedBernoulli(RelaxrunDistribution):
         logit_u = torch.special.log_ndtr(w) - torch.special.log_ndtr(-w)
         y = (logit_u + self.logits) / self.temperature
         z = torch.sigmoid(y)
-        self._cache = (z, y, w)
+        # y = logit(z) is a value auxiliary; w is a path auxiliary, kept only where it gives the
+        # density's gradient (see SampleCache) and otherwise recomputed from y by log_prob
+        keep_w = keeps_sample_path(z, (self.logits, self.temperature, self._scale_tril))
+        self._remember("_cache", z, y, w if keep_w else None)
         return z, y
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     # -- the law --------------------------------------------------------------------------------
     def _logit_and_latent(self, value: torch.Tensor):
-        if self._cache is not None and value is self._cache[0]:
-            return self._cache[1], self._cache[2]
-        if self._validate_args:
-            self._validate_sample(value)
-        y = logit(value)
-        w = _ndtri_of_sigmoid(self.temperature * y - self.logits)
-        return y, w
+        """(y, w): logit(z) and the latent w = Phi^{-1}(sigmoid(tau y - logits)) of a value z."""
+        record = self._recall("_cache", value)
+        if record is None:
+            if self._validate_args:
+                self._validate_sample(value)
+            y = logit(value)
+        else:
+            _, y, w = record
+            if w is not None:
+                return y, w
+        return y, self._latent_from_logit(y)
+
+    def _latent_from_logit(self, y: torch.Tensor) -> torch.Tensor:
+        return _ndtri_of_sigmoid(self.temperature * y - self.logits)
 
     def to_gaussian(self, value: torch.Tensor) -> torch.Tensor:
         """The latent w = Phi^{-1}(u(z)) ~ N(0, R) of a value z, shape ``(..., D)``."""
@@ -319,9 +308,7 @@ class CorrelatedRelaxedBernoulli(RelaxrunDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Exact log density: Gaussian-copula term + sum of Binary Concrete marginal log densities."""
-        y, w = self._logit_and_latent(value)
-        marginals = binary_concrete_logit_log_prob(y, self.logits, self.temperature).sum(-1)
-        return marginals + self._copula_from_latent(w)
+        return self._log_prob_from(*self._logit_and_latent(value))
 
     def log_prob_logit(self, y: torch.Tensor) -> torch.Tensor:
         """log p(z) at z = sigmoid(y), computed from y = logit(z), shape ``(..., D)`` -> ``(...)``.
@@ -329,7 +316,9 @@ class CorrelatedRelaxedBernoulli(RelaxrunDistribution):
         The density is still with respect to z; y only carries z without rounding (z within 1e-17
         of 0 or 1 in float64, 1e-8 in float32, is representable through its logit).
         """
-        w = _ndtri_of_sigmoid(self.temperature * y - self.logits)
+        return self._log_prob_from(y, self._latent_from_logit(y))
+
+    def _log_prob_from(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         marginals = binary_concrete_logit_log_prob(y, self.logits, self.temperature).sum(-1)
         return marginals + self._copula_from_latent(w)
 

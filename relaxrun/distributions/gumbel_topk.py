@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import torch
 from torch.distributions import constraints
-from torch.distributions.utils import lazy_property
 
-from ._common import RelaxrunDistribution, check_positive, probs_or_logits
+from ._common import CategoricalProbsLogits, RelaxrunDistribution, check_positive, probs_or_logits
 from .concrete import log_softmax
+from .gumbel import sample_gumbel  # re-exported: its home is relaxrun.distributions.gumbel
 
 __all__ = [
     "PlackettLuce",
@@ -56,19 +56,6 @@ __all__ = [
     "sample_gumbel",
     "topk_khot",
 ]
-
-
-def sample_gumbel(shape, dtype, device, generator=None) -> torch.Tensor:
-    """Standard Gumbel noise ``-log(-log u)``, one independent draw per element."""
-    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
-    u = u.clamp_min(torch.finfo(dtype).tiny)  # rand is in [0, 1): only 0 needs guarding
-    return -torch.log(-torch.log(u))
-
-
-def _logits_from_probs(probs: torch.Tensor) -> torch.Tensor:
-    # a zero probability becomes a very negative but finite logit, so that keys, masks and
-    # gradients stay finite; such a category is then drawn only after all others.
-    return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
 
 
 def _check_k(k, num_categories: int, dist: str) -> int:
@@ -131,7 +118,7 @@ def relaxed_topk(keys: torch.Tensor, k: int, temperature: torch.Tensor) -> torch
     return z
 
 
-class PlackettLuce(RelaxrunDistribution):
+class PlackettLuce(CategoricalProbsLogits, RelaxrunDistribution):
     """Ordered ``k``-tuples of distinct categories drawn without replacement from ``Cat(probs)``.
 
     Args:
@@ -139,6 +126,8 @@ class PlackettLuce(RelaxrunDistribution):
         probs: category probabilities (non-negative, summing to 1 over the last dim); or
         logits: unnormalised log-probabilities. Exactly one of the two. Note that ``probs`` are
             *not* logits: ``PlackettLuce(k, probs=p)`` equals ``PlackettLuce(k, logits=p.log())``.
+            A zero probability becomes a very negative but finite logit (keys, masks and gradients
+            stay finite): such a category is drawn only after all others.
 
     ``sample`` uses the Gumbel-top-k trick; ``log_prob`` is the exact Plackett-Luce law.
     Shapes: ``batch_shape = logits.shape[:-1]``, ``event_shape = (k,)``, values are long indices.
@@ -146,6 +135,8 @@ class PlackettLuce(RelaxrunDistribution):
 
     arg_constraints = {"probs": constraints.simplex, "logits": constraints.real}
     has_rsample = False
+    _expand_params = {"probs": 1, "logits": 1}
+    _expand_copy = ("k",)
 
     def __init__(self, k: int, probs=None, logits=None, validate_args=None):
         name, param = probs_or_logits(probs, logits, "PlackettLuce", is_binary=False)
@@ -155,14 +146,6 @@ class PlackettLuce(RelaxrunDistribution):
         setattr(self, name, param)
         super().__init__(param.shape[:-1], torch.Size([self.k]), validate_args=validate_args)
 
-    @lazy_property
-    def logits(self) -> torch.Tensor:
-        return _logits_from_probs(self.probs)
-
-    @lazy_property
-    def probs(self) -> torch.Tensor:
-        return torch.softmax(self.logits, dim=-1)
-
     @property
     def num_categories(self) -> int:
         return (self.logits if "logits" in self.__dict__ else self.probs).shape[-1]
@@ -170,18 +153,6 @@ class PlackettLuce(RelaxrunDistribution):
     @constraints.dependent_property(is_discrete=True, event_dim=1)
     def support(self):
         return constraints.independent(constraints.integer_interval(0, self.num_categories - 1), 1)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(PlackettLuce, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.k = self.k
-        for name in ("probs", "logits"):
-            if name in self.__dict__:
-                v = getattr(self, name)
-                setattr(new, name, v.expand(batch_shape + v.shape[-1:]))
-        super(PlackettLuce, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def perturbed_keys(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """``logits + Gumbel`` noise, independent per element, shape ``sample_shape + batch_shape + (K,)``."""
@@ -217,7 +188,7 @@ class PlackettLuce(RelaxrunDistribution):
         return f"PlackettLuce(k={self.k}, logits: {tuple(self.logits.shape)})"
 
 
-class GumbelTopK(RelaxrunDistribution):
+class GumbelTopK(CategoricalProbsLogits, RelaxrunDistribution):
     """Relaxed ``k``-hot vectors: Gumbel-top-k keys through Xie & Ermon's (2019) relaxed top-k.
 
     Args:
@@ -239,6 +210,8 @@ class GumbelTopK(RelaxrunDistribution):
         "temperature": constraints.positive,
     }
     has_rsample = True
+    _expand_params = {"probs": 1, "logits": 1, "temperature": 0}
+    _expand_copy = ("k",)
 
     def __init__(self, temperature, k: int, probs=None, logits=None, validate_args=None):
         name, param = probs_or_logits(probs, logits, "GumbelTopK", is_binary=False)
@@ -251,14 +224,6 @@ class GumbelTopK(RelaxrunDistribution):
         setattr(self, name, param.expand(batch_shape + param.shape[-1:]))
         self.temperature = temperature.expand(batch_shape)
         super().__init__(batch_shape, param.shape[-1:], validate_args=validate_args)
-
-    @lazy_property
-    def logits(self) -> torch.Tensor:
-        return _logits_from_probs(self.probs)
-
-    @lazy_property
-    def probs(self) -> torch.Tensor:
-        return torch.softmax(self.logits, dim=-1)
 
     @property
     def num_categories(self) -> int:
@@ -273,19 +238,6 @@ class GumbelTopK(RelaxrunDistribution):
     def hard(self) -> PlackettLuce:
         """The law of the ordered hard sample: Plackett-Luce with the same logits and k."""
         return PlackettLuce(self.k, logits=self.logits, validate_args=False)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(GumbelTopK, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.k = self.k
-        new.temperature = self.temperature.expand(batch_shape)
-        for name in ("probs", "logits"):
-            if name in self.__dict__:
-                v = getattr(self, name)
-                setattr(new, name, v.expand(batch_shape + v.shape[-1:]))
-        super(GumbelTopK, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def rsample_with_hard(self, sample_shape=torch.Size(), generator=None):
         """``(z, indices)``: the relaxed k-hot ``z`` and the ordered hard sample from the same noise.
@@ -302,10 +254,6 @@ class GumbelTopK(RelaxrunDistribution):
 
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         return self.rsample_with_hard(sample_shape, generator)[0]
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     def sample_hard(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """Ordered hard sample ``sample_shape + batch_shape + (k,)`` (long)."""

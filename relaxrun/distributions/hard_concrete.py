@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, as_tensor, atoms_and_density, check_positive, logit
+from ._common import (DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, atoms_and_density, check_positive,
+                      logit)
 from .binary_concrete import binary_concrete_logit_log_prob, sample_logistic
 
 __all__ = ["HardConcrete"]
 
 
-class HardConcrete(RelaxrunDistribution):
+class HardConcrete(DeclaredExpand, SampleCache, RelaxrunDistribution):
     """Stretched-and-clamped Binary Concrete on [0, 1] with atoms at 0 and 1.
 
     Args:
@@ -59,6 +60,9 @@ class HardConcrete(RelaxrunDistribution):
     arg_constraints = {"log_alpha": constraints.real, "beta": constraints.positive}
     support = constraints.unit_interval
     has_rsample = True
+    _expand_params = {"log_alpha": 0, "beta": 0}
+    _expand_copy = ("l", "r")
+    _draw = None  # (z, y, logistic noise) of the latest rsample, when the shortcut is valid
 
     def __init__(self, log_alpha, beta=2.0 / 3.0, l=-0.1, r=1.1, validate_args=None):
         name = "HardConcrete"
@@ -69,7 +73,6 @@ class HardConcrete(RelaxrunDistribution):
         beta = check_positive(beta, "beta", name, like=log_alpha, validate=validate_args is not False)
         self.log_alpha, self.beta = broadcast_all(log_alpha, beta)
         self.l, self.r = float(l), float(r)
-        self._draw = None
         super().__init__(self.log_alpha.shape, validate_args=validate_args)
 
     @property
@@ -82,17 +85,6 @@ class HardConcrete(RelaxrunDistribution):
         """Alias of ``beta``."""
         return self.beta
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(HardConcrete, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.log_alpha = self.log_alpha.expand(batch_shape)
-        new.beta = self.beta.expand(batch_shape)
-        new.l, new.r = self.l, self.r
-        new._draw = None
-        super(HardConcrete, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
     # -- sampling -------------------------------------------------------------------------------
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
@@ -101,13 +93,8 @@ class HardConcrete(RelaxrunDistribution):
         z = torch.clamp(torch.sigmoid(y) * (self.r - self.l) + self.l, 0.0, 1.0)
         # log_prob has a shortcut at this very sample; it equals the general formula as a function of
         # the parameters only if the sample carries its autograd history (not so for sample())
-        if z.requires_grad or not (self.log_alpha.requires_grad or self.beta.requires_grad):
-            self._draw = (z, y, noise)
+        self._remember_path("_draw", (self.log_alpha, self.beta), z, y, noise)
         return z
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     # -- the law --------------------------------------------------------------------------------
     def _gap0(self) -> torch.Tensor:
@@ -139,8 +126,9 @@ class HardConcrete(RelaxrunDistribution):
         if self._validate_args:
             self._validate_sample(value)
         width = self.r - self.l
-        if self._draw is not None and value is self._draw[0]:
-            inside = self._density_at_own_draw() - math.log(width)
+        draw = self._recall("_draw", value)
+        if draw is not None:
+            inside = self._density_at_own_draw(draw) - math.log(width)
         else:
             value = torch.as_tensor(value, dtype=self.log_alpha.dtype, device=self.log_alpha.device)
             # clamping keeps the (discarded) density branch finite at the atoms and outside [0, 1]
@@ -148,7 +136,7 @@ class HardConcrete(RelaxrunDistribution):
             inside = binary_concrete_logit_log_prob(logit(s), self.log_alpha, self.beta) - math.log(width)
         return atoms_and_density(value, self.log_prob_zero(), self.log_prob_one(), inside)
 
-    def _density_at_own_draw(self) -> torch.Tensor:
+    def _density_at_own_draw(self, draw) -> torch.Tensor:
         """Binary Concrete log density of the unstretched sample, from the stored draw.
 
         The sample's logit is ``y = (log_alpha + u) / beta`` with logistic noise ``u``, so the
@@ -158,7 +146,7 @@ class HardConcrete(RelaxrunDistribution):
         keeps the precision that rounding ``sigmoid(y)`` loses). Same value and gradients as the
         general formula.
         """
-        _, y, u = self._draw
+        _, y, u = draw
         with torch.no_grad():
             a_part = -u - 2 * F.softplus(-u)
         return torch.log(self.beta) + a_part + F.softplus(y) + F.softplus(-y)

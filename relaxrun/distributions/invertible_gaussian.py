@@ -45,7 +45,8 @@ from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 from torch.distributions.utils import broadcast_all
 
-from ._common import LOG_2PI, RelaxrunDistribution, as_tensor, check_positive
+from ._common import (LOG_2PI, DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, check_positive,
+                      keeps_sample_path)
 
 __all__ = ["InvertibleGaussian", "softmax_plus_plus_log", "gaussian_kl"]
 
@@ -63,7 +64,7 @@ def softmax_plus_plus_log(y: torch.Tensor, temperature: torch.Tensor, delta: tor
     return torch.log_softmax(torch.cat([w, log_delta], dim=-1), dim=-1)
 
 
-class InvertibleGaussian(RelaxrunDistribution):
+class InvertibleGaussian(DeclaredExpand, SampleCache, RelaxrunDistribution):
     """IGR relaxed categorical on the ``K``-simplex (Potapczynski et al. 2020).
 
     Args:
@@ -73,8 +74,11 @@ class InvertibleGaussian(RelaxrunDistribution):
         delta: the softmax++ term ``delta`` > 0 (1 by default), one per distribution.
 
     ``rsample`` returns points of the open simplex, shape ``sample_shape + batch_shape + (K,)``.
-    ``log_prob`` of the tensor most recently returned by ``rsample``/``sample`` uses the cached
-    Gaussian draw, so it is exact even where float32 has rounded a coordinate of ``z`` to 0.
+    ``log_prob`` of the tensor most recently returned by ``rsample``/``sample`` uses the ``log z``
+    computed with it, so it is exact even where float32 has rounded a coordinate of ``z`` to 0. The
+    Gaussian draw ``y`` is reused as well if the sample carries its autograd history (``rsample``);
+    at a fixed ``z`` (a ``sample()`` from parameters that require grad) ``y = inverse(log z)`` is a
+    function of ``temperature`` and ``delta`` and is recomputed, so that the gradient is the density's.
     """
 
     arg_constraints = {
@@ -85,6 +89,7 @@ class InvertibleGaussian(RelaxrunDistribution):
     }
     support = constraints.simplex
     has_rsample = True
+    _expand_params = {"loc": 1, "scale": 1, "temperature": 0, "delta": 0}
 
     def __init__(self, loc, scale, temperature=1.0, delta=1.0, validate_args=None):
         loc = as_tensor(loc, name="loc", dist=_NAME)
@@ -103,25 +108,11 @@ class InvertibleGaussian(RelaxrunDistribution):
         self.scale = scale.expand(batch_shape + loc.shape[-1:])
         self.temperature = temperature.expand(batch_shape)
         self.delta = delta.expand(batch_shape)
-        self._cache = None
         super().__init__(batch_shape, torch.Size([loc.shape[-1] + 1]), validate_args=validate_args)
 
     @property
     def num_categories(self) -> int:
         return self.event_shape[0]
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(InvertibleGaussian, _instance)
-        batch_shape = torch.Size(batch_shape)
-        free = self.loc.shape[-1:]
-        new.loc = self.loc.expand(batch_shape + free)
-        new.scale = self.scale.expand(batch_shape + free)
-        new.temperature = self.temperature.expand(batch_shape)
-        new.delta = self.delta.expand(batch_shape)
-        new._cache = None
-        super(InvertibleGaussian, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     # --- sampling -------------------------------------------------------------------------------
     def rsample_gaussian(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
@@ -146,12 +137,10 @@ class InvertibleGaussian(RelaxrunDistribution):
         y = self.rsample_gaussian(sample_shape, generator)
         log_z = self.log_simplex(y)
         z = log_z.exp()
-        self._cache = (z, y, log_z)
+        # log z is a value auxiliary; y a path auxiliary (see SampleCache), else recomputed from log z
+        keep_y = keeps_sample_path(z, (self.loc, self.scale, self.temperature, self.delta))
+        self._remember("_cache", z, y if keep_y else None, log_z)
         return z
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     # --- densities ------------------------------------------------------------------------------
     def gaussian_log_prob(self, y: torch.Tensor) -> torch.Tensor:
@@ -167,16 +156,18 @@ class InvertibleGaussian(RelaxrunDistribution):
         return self.gaussian_log_prob(y) + k_minus_1 * torch.log(self.temperature) - log_z.sum(-1)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._cache is not None and value is self._cache[0]:
-            _, y, log_z = self._cache
+        record = self._recall("_cache", value)
+        if record is not None:
+            _, y, log_z = record
+            if y is not None:
+                return self.log_prob_gaussian(y, log_z)
         else:
             if self._validate_args:
                 self._validate_sample(value)
             # zeros would give -inf here; the density there is 0 anyway (log z -> -inf faster
             # than the Gaussian term can compensate), so clamping only avoids inf - inf = nan.
             log_z = torch.log(value.clamp_min(torch.finfo(value.dtype).tiny))
-            y = self.inverse(log_z)
-        return self.log_prob_gaussian(y, log_z)
+        return self.log_prob_gaussian(self.inverse(log_z), log_z)
 
     @property
     def mean(self):

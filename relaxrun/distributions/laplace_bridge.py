@@ -63,7 +63,7 @@ from torch.distributions import Dirichlet, constraints
 from torch.distributions.kl import register_kl
 from torch.distributions.utils import broadcast_all
 
-from ._common import LOG_2PI, RelaxrunDistribution, as_tensor
+from ._common import LOG_2PI, DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor
 
 __all__ = [
     "dirichlet_to_logistic_normal",
@@ -163,7 +163,7 @@ def _dpr1_trace(d2, s2, d1, s1):
     return tr_diag + s1 * ones_quad
 
 
-class LogisticNormalSoftmax(RelaxrunDistribution):
+class LogisticNormalSoftmax(DeclaredExpand, SampleCache, RelaxrunDistribution):
     """Softmax of a diagonal Gaussian in ``R^K``: a law on the open ``K``-simplex.
 
     Args:
@@ -172,13 +172,16 @@ class LogisticNormalSoftmax(RelaxrunDistribution):
 
     ``log_prob`` is the exact density on the simplex, computed through the additive log-ratios to
     the last coordinate (see the module docstring), with respect to Lebesgue measure on the first
-    ``K-1`` coordinates. ``log_prob`` of the tensor most recently returned by ``rsample`` uses the
-    cached Gaussian draw, so it stays exact where float32 rounded a coordinate to 0.
+    ``K-1`` coordinates. ``log_prob`` of the tensor most recently returned by ``rsample``/``sample``
+    uses the Gaussian draw and ``log z`` computed with it, so it stays exact where float32 rounded a
+    coordinate to 0. Both are functions of ``z`` alone (the log-ratios of the draw are those of
+    ``z``, whatever the parameters), so this holds at a fixed sample and along the sample path alike.
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.simplex
     has_rsample = True
+    _expand_params = {"loc": 1, "scale": 1}
 
     def __init__(self, loc, scale, validate_args=None):
         loc = as_tensor(loc, name="loc", dist=_NAME)
@@ -186,7 +189,6 @@ class LogisticNormalSoftmax(RelaxrunDistribution):
         loc, scale = broadcast_all(loc, scale)
         _check_last_dim(loc, "loc", _NAME)
         self.loc, self.scale = loc, scale
-        self._cache = None
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
 
     @classmethod
@@ -204,16 +206,6 @@ class LogisticNormalSoftmax(RelaxrunDistribution):
         """Variances of the underlying Gaussian ``y`` (``scale**2``), the bridge's ``Sigma``."""
         return self.scale.pow(2)
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(LogisticNormalSoftmax, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc = self.loc.expand(batch_shape + self.event_shape)
-        new.scale = self.scale.expand(batch_shape + self.event_shape)
-        new._cache = None
-        super(LogisticNormalSoftmax, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
     def rsample_gaussian(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """Differentiable ``y ~ N(loc, scale^2)``, independent per element, ``sample_shape + batch + (K,)``."""
         shape = self._extended_shape(sample_shape)
@@ -224,12 +216,9 @@ class LogisticNormalSoftmax(RelaxrunDistribution):
         y = self.rsample_gaussian(sample_shape, generator)
         log_z = torch.log_softmax(y, dim=-1)
         z = log_z.exp()
-        self._cache = (z, y, log_z)
+        # value auxiliaries (see SampleCache): only y's log-ratios are used, and they are log z's
+        self._remember("_cache", z, y, log_z)
         return z
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     def _log_prob_alr(self, w: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
         m, d, s = _alr_gaussian(self.loc, self.variance_y)
@@ -245,8 +234,9 @@ class LogisticNormalSoftmax(RelaxrunDistribution):
         return self._log_prob_alr(y[..., :-1] - y[..., -1:], torch.log_softmax(y, dim=-1))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._cache is not None and value is self._cache[0]:
-            _, y, log_z = self._cache
+        record = self._recall("_cache", value)
+        if record is not None:
+            _, y, log_z = record
             w = y[..., :-1] - y[..., -1:]
         else:
             if self._validate_args:

@@ -33,14 +33,14 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, as_tensor, atoms_and_density, check_positive
+from ._common import DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, atoms_and_density, check_positive
 
 __all__ = ["StochasticGate"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-class StochasticGate(RelaxrunDistribution):
+class StochasticGate(DeclaredExpand, SampleCache, RelaxrunDistribution):
     """Clipped-Gaussian gate z = clamp(mu + sigma * eps, 0, 1), eps ~ N(0, 1).
 
     Args:
@@ -56,23 +56,14 @@ class StochasticGate(RelaxrunDistribution):
     arg_constraints = {"mu": constraints.real, "sigma": constraints.positive}
     support = constraints.unit_interval
     has_rsample = True
+    _expand_params = {"mu": 0, "sigma": 0}
+    _draw = None  # (z, standard normal noise) of the latest rsample, when the shortcut is valid
 
     def __init__(self, mu, sigma=0.5, validate_args=None):
         mu = as_tensor(mu, name="mu", dist="StochasticGate")
         sigma = check_positive(sigma, "sigma", "StochasticGate", like=mu, validate=validate_args is not False)
         self.mu, self.sigma = broadcast_all(mu, sigma)
-        self._draw = None
         super().__init__(self.mu.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(StochasticGate, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.mu = self.mu.expand(batch_shape)
-        new.sigma = self.sigma.expand(batch_shape)
-        new._draw = None
-        super(StochasticGate, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     # -- sampling -------------------------------------------------------------------------------
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
@@ -81,13 +72,8 @@ class StochasticGate(RelaxrunDistribution):
         z = torch.clamp(self.mu + self.sigma * eps, 0.0, 1.0)
         # log_prob has a shortcut at this very sample; it equals the general formula as a function of
         # the parameters only if the sample carries its autograd history (not so for sample())
-        if z.requires_grad or not (self.mu.requires_grad or self.sigma.requires_grad):
-            self._draw = (z, eps)
+        self._remember_path("_draw", (self.mu, self.sigma), z, eps)
         return z
-
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
 
     # -- the law --------------------------------------------------------------------------------
     def log_prob_zero(self) -> torch.Tensor:
@@ -103,10 +89,11 @@ class StochasticGate(RelaxrunDistribution):
         """log atom mass at z = 0 or z = 1, log Gaussian density for 0 < z < 1, -inf outside [0, 1]."""
         if self._validate_args:
             self._validate_sample(value)
-        if self._draw is not None and value is self._draw[0]:
+        draw = self._recall("_draw", value)
+        if draw is not None:
             # at its own sample (value - mu) / sigma is the noise itself wherever the gate is open:
             # -x^2 / 2 is then a constant of the parameters along the sample path (zero gradient)
-            x = self._draw[1]
+            x = draw[1]
         else:
             value = torch.as_tensor(value, dtype=self.mu.dtype, device=self.mu.device)
             x = (value - self.mu) / self.sigma

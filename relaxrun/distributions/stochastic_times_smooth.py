@@ -26,14 +26,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, constraints
-from torch.distributions.utils import broadcast_all, lazy_property
+from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, log1mexp, logit, probs_or_logits
+from ._common import BinaryProbsLogits, RelaxrunDistribution, SampleCache, log1mexp, probs_or_logits
 
 __all__ = ["StochasticTimesSmooth"]
 
 
-class StochasticTimesSmooth(RelaxrunDistribution):
+class StochasticTimesSmooth(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
     """h = b * sqrt(p), b ~ Bernoulli(sqrt(p)), p = sigmoid(logits); gradient through sqrt(p).
 
     Args:
@@ -47,32 +47,13 @@ class StochasticTimesSmooth(RelaxrunDistribution):
     arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
     support = constraints.unit_interval  # the true support {0, sqrt(p)} depends on p; checked in log_prob
     has_rsample = True  # a biased pathwise estimator (see the module docstring)
+    _expand_params = {"probs": 0, "logits": 0}
 
     def __init__(self, probs=None, logits=None, validate_args=None):
         name, param = probs_or_logits(probs, logits, "StochasticTimesSmooth", is_binary=True)
         (param,) = broadcast_all(param)
         setattr(self, name, param)
-        self._cache = None
         super().__init__(param.shape, validate_args=validate_args)
-
-    @lazy_property
-    def logits(self) -> torch.Tensor:
-        return logit(self.probs)
-
-    @lazy_property
-    def probs(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(StochasticTimesSmooth, _instance)
-        batch_shape = torch.Size(batch_shape)
-        for name in ("probs", "logits"):
-            if name in self.__dict__:
-                setattr(new, name, getattr(self, name).expand(batch_shape))
-        new._cache = None
-        super(StochasticTimesSmooth, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     # -- the gate -------------------------------------------------------------------------------
     @property
@@ -108,23 +89,22 @@ class StochasticTimesSmooth(RelaxrunDistribution):
         with torch.no_grad():
             b = torch.bernoulli(g.detach().expand(shape), generator=generator)
         h = b * g
-        self._cache = (h, b)
+        # the gate b is a function of h (b = 1 exactly where h > 0 while sqrt(p) > 0): a value
+        # auxiliary, valid at sample() and rsample() alike
+        self._remember("_cache", h, b)
         return h, b
 
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         return self.rsample_with_gate(sample_shape, generator)[0]
 
-    def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
-
     # -- the law --------------------------------------------------------------------------------
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log P(h = value): log(1 - sqrt p) at 0, (1/2) log p at sqrt(p), -inf elsewhere."""
         lg = self.log_gate_prob
-        if self._cache is not None and value is self._cache[0]:
+        record = self._recall("_cache", value)
+        if record is not None:
             # the gate is known exactly, even where sqrt(p) has underflowed to 0
-            b = self._cache[1]
+            b = record[1]
             return torch.where(b > 0, lg, log1mexp(lg))
         value = torch.as_tensor(value, dtype=lg.dtype, device=lg.device)
         value, g, lg = torch.broadcast_tensors(value, self.gate_probs.detach(), lg)

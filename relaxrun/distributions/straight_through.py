@@ -21,14 +21,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.distributions import constraints, register_kl
-from torch.distributions.utils import broadcast_all, lazy_property
+from torch.distributions.utils import broadcast_all
 
-from ._common import RelaxrunDistribution, logit, probs_or_logits
+from ._common import BinaryProbsLogits, RelaxrunDistribution, probs_or_logits
 
 __all__ = ["StraightThroughBernoulli"]
 
 
-class StraightThroughBernoulli(RelaxrunDistribution):
+class StraightThroughBernoulli(BinaryProbsLogits, RelaxrunDistribution):
     """Bernoulli(p) whose ``rsample`` passes gradients straight through (b + p - stopgrad(p)).
 
     Args:
@@ -43,34 +43,13 @@ class StraightThroughBernoulli(RelaxrunDistribution):
     support = constraints.boolean
     has_rsample = True  # a biased, straight-through pathwise estimator (see the module docstring)
     has_enumerate_support = True
+    _expand_params = {"probs": 0, "logits": 0}
 
     def __init__(self, probs=None, logits=None, validate_args=None):
         name, param = probs_or_logits(probs, logits, "StraightThroughBernoulli", is_binary=True)
         (param,) = broadcast_all(param)
         setattr(self, name, param)
         super().__init__(param.shape, validate_args=validate_args)
-
-    @lazy_property
-    def logits(self) -> torch.Tensor:
-        return logit(self.probs)
-
-    @lazy_property
-    def probs(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits)
-
-    @property
-    def param_shape(self) -> torch.Size:
-        return self.batch_shape
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(StraightThroughBernoulli, _instance)
-        batch_shape = torch.Size(batch_shape)
-        for name in ("probs", "logits"):
-            if name in self.__dict__:
-                setattr(new, name, getattr(self, name).expand(batch_shape))
-        super(StraightThroughBernoulli, new).__init__(batch_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
 
     def sample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """Hard sample b in {0., 1.}, shape ``sample_shape + batch_shape``, no gradient."""
