@@ -1,6 +1,8 @@
-"""The structured-config schema: what a user can set, with types, defaults and allowed ranges.
+"""The structured-config schema: what a user can set, with types and allowed ranges.
 
-The dataclasses below are registered in Hydra's ConfigStore as ``relaxrun_schema`` and sit first
+Defaults are written once, in the YAML files of ``configs/`` (``config.yaml`` and the group files),
+which choose and document them; the dataclasses here declare the types (every field ``MISSING``)
+and check the ranges. They are registered in Hydra's ConfigStore as ``relaxrun_schema`` and sit first
 in ``configs/config.yaml``'s defaults list, so Hydra rejects unknown keys and wrong types while
 composing. Ranges are checked by :func:`validate`, which builds the dataclasses (running their
 ``__post_init__``) and the selected method's own config class, and raises :class:`ConfigError`
@@ -10,12 +12,14 @@ with one line naming the key and the allowed range.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .checks import ConfigError, at_least, finite, one_of, positive, require  # noqa: F401  (re-exported)
 
 
 def _default(value, fallback):
@@ -27,36 +31,14 @@ if not OmegaConf.has_resolver("relaxrun.default"):
     OmegaConf.register_new_resolver("relaxrun.default", _default)
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or out of range."""
-
-
-def require(ok: bool, key: str, allowed: str, value: Any) -> None:
-    """Raise ConfigError('<key> must be <allowed>; got <value>') unless ok."""
-    if not ok:
-        raise ConfigError(f"{key} must be {allowed}; got {value!r}")
-
-
-def positive(key: str, value: float) -> None:
-    require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, key, "a finite number > 0", value)
-
-
-def at_least(key: str, value: int, low: int) -> None:
-    require(isinstance(value, int) and value >= low, key, f"an integer >= {low}", value)
-
-
-def one_of(key: str, value: str, choices) -> None:
-    require(value in choices, key, "one of " + ", ".join(map(str, choices)), value)
-
-
 @dataclass
 class DataConfig:
-    name: str = "mnist"
-    root: str = "data"
-    download: bool = True
-    binarize: str = "dynamic"
-    val_size: int = 0
-    eval_seed: int = 0
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    binarize: str = MISSING
+    val_size: int = MISSING
+    eval_seed: int = MISSING
 
     def __post_init__(self):
         from .data import DATASETS
@@ -69,9 +51,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [512, 256])
-    activation: str = "relu"
+    name: str = MISSING
+    hidden: list[int] = MISSING
+    activation: str = MISSING
 
     def __post_init__(self):
         one_of("model.name", self.name, ("mlp",))
@@ -82,8 +64,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = MISSING
+    weight_decay: float = MISSING
 
     def __post_init__(self):
         positive("optim.lr", self.lr)
@@ -92,21 +74,21 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    max_steps: int = 0
-    batch_size: int = 100
-    eval_batch_size: int = 1000
-    log_every: int = 50
-    tau_schedule: str = "constant"
-    tau_min: float = 0.5
-    tau_rate: float = 3e-5
-    grad_clip: float = 0.0
-    patience: int = 0
-    threads: int = 0
-    compile: bool = False
-    flush_denormal: bool = True
-    progress: bool = True
-    images: int = 16
+    epochs: int = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    log_every: int = MISSING
+    tau_schedule: str = MISSING
+    tau_min: float = MISSING
+    tau_rate: float = MISSING
+    grad_clip: float = MISSING
+    patience: int = MISSING
+    threads: int = MISSING
+    compile: bool = MISSING
+    flush_denormal: bool = MISSING
+    progress: bool = MISSING
+    images: int = MISSING
 
     def __post_init__(self):
         at_least("trainer.epochs", self.epochs, 1)
@@ -126,8 +108,8 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    iwae_samples: int = 1000
-    iwae_batch: int = 100
+    iwae_samples: int = MISSING
+    iwae_batch: int = MISSING
 
     def __post_init__(self):
         at_least("eval.iwae_samples", self.iwae_samples, 0)
@@ -136,8 +118,8 @@ class EvalConfig:
 
 @dataclass
 class DiagnosticsConfig:
-    grad_every: int = 0
-    grad_samples: int = 10
+    grad_every: int = MISSING
+    grad_samples: int = MISSING
 
     def __post_init__(self):
         at_least("diagnostics.grad_every", self.grad_every, 0)
@@ -147,16 +129,16 @@ class DiagnosticsConfig:
 @dataclass
 class RunConfig:
     method: Any = MISSING
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-    tau: Optional[float] = None
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    eval: EvalConfig = MISSING
+    diagnostics: DiagnosticsConfig = MISSING
+    tau: Optional[float] = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    resume: bool = MISSING
 
     def __post_init__(self):
         if self.tau is not None:
@@ -194,6 +176,37 @@ def method_config(cfg: DictConfig):
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"method.{_one_line(err)}") from None
+
+
+def group_options(group: str, name: str, **overrides):
+    """The options of ``<group>=<name>`` (method, model or data) as their dataclass: the defaults of
+    ``configs/<group>/<name>.yaml`` (the one place they are written), then ``overrides``, with types
+    and ranges checked. A method's ``tau`` defaults to the method's own default (its YAML's, as
+    with a top-level ``tau=null``)."""
+    from importlib import resources
+
+    schemas = {"model": ModelConfig, "data": DataConfig}
+    folder = resources.files("relaxrun.configs") / group
+    path = folder / f"{name}.yaml"
+    if group != "method" and group not in schemas:
+        raise ConfigError(f"group must be one of method, model, data; got {group!r}")
+    if not path.is_file():
+        options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(f"unknown {group} {name!r}; available: {', '.join(options)}")
+    root = OmegaConf.create({"tau": None, group: OmegaConf.create(path.read_text())})
+    for key, value in overrides.items():
+        OmegaConf.update(root, f"{group}.{key}", value, merge=False, force_add=True)
+    if group == "method":
+        return method_config(root)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas[group]), root[group]))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{group}.{_one_line(err)}") from None
+
+
+def method_options(name: str, **overrides):
+    """``group_options("method", name, **overrides)``: a method's options as its Config dataclass."""
+    return group_options("method", name, **overrides)
 
 
 def validate(cfg: DictConfig):

@@ -7,25 +7,21 @@ are reproducible and evaluating never changes the training run's random stream.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
+from .methods.base import Method
 from .models import VAE
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device):
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+from .runtime import seeded
 
 
 @torch.no_grad()
-def evaluate(model: VAE, x: torch.Tensor, tau: float, batch_size: int, seed: int = 0) -> dict[str, float]:
-    """Means over ``x`` (nats per image) of the bound and relaxed objective, with their parts."""
+def evaluate(model: VAE, method: Method, x: torch.Tensor, batch_size: int, seed: int = 0,
+             tau: float | None = None) -> dict[str, float]:
+    """Means over ``x`` (nats per image) of the bound and relaxed objective, with their parts, at the
+    method's current temperature (or ``tau``)."""
+    tau = method.tau if tau is None else tau
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=x.device)
@@ -33,8 +29,8 @@ def evaluate(model: VAE, x: torch.Tensor, tau: float, batch_size: int, seed: int
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
             params = model.encoder(xb)
-            b = model.method.bound(params, model.decode, xb, tau)
-            r = model.method.relaxed(params, model.decode, xb, tau)
+            b = method.bound(params, model.decode, xb, tau)
+            r = method.relaxed(params, model.decode, xb, tau)
             sums += torch.stack([
                 (b.recon + b.kl).sum(), b.recon.sum(), b.kl.sum(),
                 (r.recon + r.kl).sum(), r.recon.sum(), r.kl.sum(),
@@ -53,9 +49,10 @@ def log_mean_exp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def iwae_bound(model: VAE, x: torch.Tensor, tau: float, k: int, batch_size: int, seed: int = 0,
-               chunk: int = 100) -> float:
+def iwae_bound(model: VAE, method: Method, x: torch.Tensor, k: int, batch_size: int, seed: int = 0,
+               chunk: int = 100, tau: float | None = None) -> float:
     """Mean over ``x`` of -log (1/k) sum_i p(x, z_i) / q(z_i | x): the IWAE-k negative bound."""
+    tau = method.tau if tau is None else tau
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -65,11 +62,34 @@ def iwae_bound(model: VAE, x: torch.Tensor, tau: float, k: int, batch_size: int,
             params = model.encoder(xb)
             parts = []
             for j in range(0, k, chunk):
-                parts.append(model.method.iwae_log_weights(params, model.decode, xb, tau, min(chunk, k - j)))
+                parts.append(method.iwae_log_weights(params, model.decode, xb, tau, min(chunk, k - j)))
             log_w = torch.cat(parts, 0).to(torch.float64)
             total += -log_mean_exp(log_w, 0).sum()
     model.train(was_training)
     return float(total / x.shape[0])
+
+
+def gradient_statistics(model: VAE, method: Method, x: torch.Tensor, tau: float, samples: int,
+                        seed: int) -> dict[str, float]:
+    """Variance and SNR of the encoder gradient of the method's training loss over ``samples``
+    latent draws on one batch.
+
+    ``variance`` is the mean over encoder parameters of the per-coordinate variance across draws;
+    ``snr`` is the mean over coordinates of |mean| / std. Uses a forked RNG, so training is unchanged.
+    """
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    grads = []
+    with seeded(seed, x.device):
+        for _ in range(samples):
+            loss = method.loss(model.encoder(x), model.decode, x, tau).loss
+            g = torch.autograd.grad(loss, enc, allow_unused=True)
+            grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
+                                    for gi, p in zip(g, enc)]))
+    G = torch.stack(grads)
+    mean, std = G.mean(0), G.std(0)
+    snr = (mean.abs() / std.clamp_min(1e-12))[std > 0]
+    return {"variance": float(G.var(0).mean()), "snr": float(snr.mean()) if snr.numel() else float("nan"),
+            "mean_norm": float(mean.norm())}
 
 
 def bits_per_dim(nats_per_image: float, dims: int = 784) -> float:
@@ -96,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError, load_data
     from .methods import build_method
     from .models import build_model
-    from .train import CHECKPOINT, TrainingError, load_checkpoint, pick_device, temperature, write_json_atomic
+    from .runtime import (CHECKPOINT, TrainingError, load_checkpoint, load_joint_state_dict, pick_device,
+                          write_json_atomic)
 
     parser = argparse.ArgumentParser(
         prog="relaxrun-eval",
@@ -135,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         run, mcfg = validate(cfg)
         device = pick_device(run.device)
         data = load_data(run.data, device)
-        model = build_model(run.model, build_method(mcfg)).to(device)
-        model.load_state_dict(ck["model"])
+        method = build_method(mcfg, run.trainer).to(device)
+        model = build_model(run.model, method.param_dim, method.latent_dim).to(device)
+        load_joint_state_dict(model, method, ck["model"])
     except (ConfigError, DataError, TrainingError) as err:
         print(f"relaxrun-eval: error: {err}", file=sys.stderr)
         return 2
@@ -146,15 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     step = ck["state"]["step"]
-    tau = temperature(run.trainer, mcfg.tau, max(step - 1, 0))
-    res = evaluate(model, data.test, tau, run.trainer.eval_batch_size, seed=run.data.eval_seed)
-    out = {"step": step, "tau": tau, "kind": model.method.metric_kind, "neg_elbo": res["neg_elbo"],
+    method.temperature.at(max(step - 1, 0))  # the schedule's value at the last step trained
+    tau = method.tau
+    res = evaluate(model, method, data.test, run.trainer.eval_batch_size, seed=run.data.eval_seed)
+    out = {"step": step, "tau": tau, "kind": method.metric_kind, "neg_elbo": res["neg_elbo"],
            "relaxed_objective": res["relaxed_objective"], "recon": res["recon"], "kl": res["kl"],
            "bits_per_dim": bits_per_dim(res["neg_elbo"])}
     k = run.eval.iwae_samples
     if k:
         try:
-            out[f"iwae_{k}"] = iwae_bound(model, data.test, tau, k, run.eval.iwae_batch, seed=run.data.eval_seed)
+            out[f"iwae_{k}"] = iwae_bound(model, method, data.test, k, run.eval.iwae_batch, seed=run.data.eval_seed)
             out["iwae_bits_per_dim"] = bits_per_dim(out[f"iwae_{k}"])
         except NotImplementedError as err:
             out["iwae"] = str(err)

@@ -1,15 +1,14 @@
-"""Encoder / decoder MLPs and the VAE that ties them to a method.
+"""Encoder / decoder MLPs of a VAE. The model knows sizes only, never a method.
 
-Encoder: 784 -> hidden[0] -> ... -> hidden[-1] -> method.param_dim (posterior parameters).
-Decoder: method.latent_dim -> hidden[-1] -> ... -> hidden[0] -> 784 Bernoulli logits.
+Encoder: 784 -> hidden[0] -> ... -> hidden[-1] -> param_dim (the posterior's parameters).
+Decoder: latent_dim -> hidden[-1] -> ... -> hidden[0] -> 784 Bernoulli logits.
+``param_dim`` and ``latent_dim`` come from the method (``method.param_dim``, ``method.latent_dim``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .methods.base import Method
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
 
@@ -24,26 +23,17 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class VAE(nn.Module):
-    """A VAE whose latent variable is whatever ``method`` says it is."""
+    """``encoder(x)`` ``[B, x_dim] -> [B, param_dim]``; ``decode(z)`` ``[..., latent_dim] -> [..., x_dim]`` logits."""
 
-    def __init__(self, method: Method, hidden: list[int], activation: str = "relu", x_dim: int = 784):
+    def __init__(self, param_dim: int, latent_dim: int, hidden: list[int], activation: str = "relu",
+                 x_dim: int = 784):
         super().__init__()
-        self.method = method
-        self.encoder = mlp([x_dim, *hidden, method.param_dim], activation)
-        self.decoder = mlp([method.latent_dim, *reversed(hidden), x_dim], activation)
+        self.encoder = mlp([x_dim, *hidden, param_dim], activation)
+        self.decoder = mlp([latent_dim, *reversed(hidden), x_dim], activation)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
-    def loss(self, x: torch.Tensor, tau: float):
-        return self.method.loss(self.encoder(x), self.decode, x, tau)
 
-    def bound(self, x: torch.Tensor, tau: float):
-        return self.method.bound(self.encoder(x), self.decode, x, tau)
-
-    def relaxed(self, x: torch.Tensor, tau: float):
-        return self.method.relaxed(self.encoder(x), self.decode, x, tau)
-
-
-def build_model(model_cfg, method: Method) -> VAE:
-    return VAE(method, list(model_cfg.hidden), model_cfg.activation)
+def build_model(model_cfg, param_dim: int, latent_dim: int) -> VAE:
+    return VAE(param_dim, latent_dim, list(model_cfg.hidden), model_cfg.activation)

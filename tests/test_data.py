@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from relaxrun.config import DataConfig
+from relaxrun.config import group_options
 from relaxrun.data import DataError, binarize, load_data, load_images
 
 from conftest import make_mnist_root
@@ -102,7 +102,7 @@ def test_static_and_none():
 
 
 def test_evaluation_binarization_is_fixed_and_validation_split(mnist_root):
-    cfg = DataConfig(root=str(mnist_root), download=False, val_size=100)
+    cfg = group_options("data", "mnist", root=str(mnist_root), download=False, val_size=100)
     a = load_data(cfg, torch.device("cpu"))
     b = load_data(cfg, torch.device("cpu"))
     assert torch.equal(a.test, b.test) and torch.equal(a.val, b.val)

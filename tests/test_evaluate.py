@@ -12,24 +12,26 @@ import torch
 
 from relaxrun.evaluate import evaluate, iwae_bound, log_mean_exp
 from relaxrun.methods.base import bernoulli_nll
-from relaxrun.methods.gumbel_softmax import GumbelSoftmaxConfig, GumbelSoftmaxMethod
-from relaxrun.methods.relaxed_bernoulli import RelaxedBernoulliConfig, RelaxedBernoulliMethod
+from relaxrun.config import method_options
+from relaxrun.evaluate import gradient_statistics
+from relaxrun.methods.gumbel_softmax import GumbelSoftmaxMethod
+from relaxrun.methods.relaxed_bernoulli import RelaxedBernoulliMethod
 from relaxrun.models import VAE
-from relaxrun.train import gradient_statistics
 
 
 def tiny_vae(kind: str):
     torch.manual_seed(0)
     if kind == "bernoulli":
-        method = RelaxedBernoulliMethod(RelaxedBernoulliConfig(latent_dim=4, tau=0.5))
+        method = RelaxedBernoulliMethod(method_options("relaxed_bernoulli", latent_dim=4, tau=0.5))
         configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)))
         log_prior = torch.full((16,), 4 * math.log(0.5))
     else:
-        method = GumbelSoftmaxMethod(GumbelSoftmaxConfig(latent_dim=2, categories=3, tau=0.5))
+        method = GumbelSoftmaxMethod(method_options("gumbel_softmax", latent_dim=2, categories=3, tau=0.5))
         idx = torch.tensor(list(itertools.product(range(3), repeat=2)))
         configs = torch.nn.functional.one_hot(idx, 3).float().flatten(-2)
         log_prior = torch.full((9,), 2 * math.log(1 / 3))
-    model = VAE(method, [16], x_dim=12)
+    model = VAE(method.param_dim, method.latent_dim, [16], x_dim=12)
+    model.method = method  # the tests below reach the method through the model
     for p in model.parameters():  # a spread-out posterior makes the bounds differ visibly
         p.data.mul_(3)
     x = torch.bernoulli(torch.full((6, 12), 0.4))
@@ -68,12 +70,12 @@ def test_iwae_converges_to_exact_likelihood_and_increases_with_k(kind):
     w1 = model.method.iwae_log_weights(model.encoder(x_rep), model.decode, x_rep, 0.5, 1).detach()[0]
     se = w1.std().item() / math.sqrt(w1.numel())
     assert -w1.mean().item() == pytest.approx(exact_neg_elbo, abs=4 * se)  # IWAE-1 is the ELBO in expectation
-    bounds = {k: iwae_bound(model, x_rep, 0.5, k, batch_size=1000, seed=1) for k in (1, 5, 50)}
-    elbo = evaluate(model, x_rep, 0.5, batch_size=1000, seed=1)["neg_elbo"]
+    bounds = {k: iwae_bound(model, model.method, x_rep, k, batch_size=1000, seed=1) for k in (1, 5, 50)}
+    elbo = evaluate(model, model.method, x_rep, batch_size=1000, seed=1)["neg_elbo"]
     assert bounds[1] == pytest.approx(exact_neg_elbo, abs=4 * se)
     assert elbo == pytest.approx(exact_neg_elbo, abs=4 * se)  # the reported bound: same ELBO, exact KL
     assert bounds[1] > bounds[5] > bounds[50] >= exact_nll - 0.02
-    assert iwae_bound(model, x, 0.5, 4000, batch_size=6, seed=2) == pytest.approx(exact_nll, abs=0.02)
+    assert iwae_bound(model, model.method, x, 4000, batch_size=6, seed=2) == pytest.approx(exact_nll, abs=0.02)
     assert exact_neg_elbo - exact_nll > 0.3  # the test would notice a bound that ignored the posterior
 
 
@@ -88,12 +90,12 @@ def test_gradient_statistics_measure_noise_and_leave_training_rng_alone():
     model, x, _, _ = tiny_vae("bernoulli")
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    stats = gradient_statistics(model, x, 0.5, 8, seed=3)
+    stats = gradient_statistics(model, model.method, x, 0.5, 8, seed=3)
     assert torch.equal(before, torch.get_rng_state())
     assert stats["variance"] > 0 and math.isfinite(stats["snr"])
-    again = gradient_statistics(model, x, 0.5, 8, seed=3)
+    again = gradient_statistics(model, model.method, x, 0.5, 8, seed=3)
     assert again == stats  # seeded: reproducible
-    more = gradient_statistics(model, x.repeat(50, 1), 0.5, 8, seed=3)
+    more = gradient_statistics(model, model.method, x.repeat(50, 1), 0.5, 8, seed=3)
     assert more["variance"] < stats["variance"]  # averaging over more data points reduces estimator noise
 
 

@@ -94,15 +94,16 @@ def test_corrupt_or_incompatible_checkpoint_is_refused_and_left_alone(mnist_root
 
 def test_flush_denormal_is_on_while_training_and_restored_after(mnist_root, tmp_path, monkeypatch):
     from relaxrun import train as train_module
+    from relaxrun.methods.base import Temperature
 
     seen = []
-    original = train_module.temperature
+    original = Temperature.at
 
     def spy(*a, **k):  # called once per training step
         seen.append(train_module.flush_denormal_is_on())
         return original(*a, **k)
 
-    monkeypatch.setattr(train_module, "temperature", spy)
+    monkeypatch.setattr(Temperature, "at", spy)
     assert not train_module.flush_denormal_is_on()
     train(config(mnist_root, "trainer.max_steps=3", "eval.iwae_samples=0"), tmp_path / "on")
     assert seen and all(seen) and not train_module.flush_denormal_is_on()
@@ -123,7 +124,7 @@ def test_flush_denormal_is_on_while_training_and_restored_after(mnist_root, tmp_
 def test_optimizer_is_adam_with_the_configured_rate_fused_where_available():
     from types import SimpleNamespace
 
-    from relaxrun.train import build_optimizer
+    from relaxrun.methods.base import adam as build_optimizer
 
     p = torch.nn.Parameter(torch.ones(3))
     opt = build_optimizer([p], SimpleNamespace(lr=0.1, weight_decay=0.0))

@@ -395,7 +395,7 @@ def test_a_launcher_that_is_not_installed_is_refused_in_one_line(relaxrun_exe, m
 def test_hparams_have_the_same_keys_for_every_method():
     from relaxrun.cli import group_options
     from relaxrun.config import validate
-    from relaxrun.train import flat_hparams
+    from relaxrun.logging import flat_hparams
 
     keys = None
     for method in group_options("method"):

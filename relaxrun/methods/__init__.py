@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import METHODS, Method, MethodConfig, Terms, register
+from .base import METHODS, Method, MethodConfig, StepTools, Temperature, Terms, register
 
-__all__ = ["METHODS", "Method", "MethodConfig", "Terms", "register", "get_method_class", "available_methods",
-           "build_method"]
+__all__ = ["METHODS", "Method", "MethodConfig", "StepTools", "Temperature", "Terms", "register", "get_method_class",
+           "available_methods", "build_method"]
 
 _loaded = False
 
@@ -19,7 +19,7 @@ def _load_all() -> None:
     if _loaded:
         return
     for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_") and info.name != "base":
+        if not info.name.startswith("_") and info.name not in ("base", "families"):
             importlib.import_module(f"{__name__}.{info.name}")
     _loaded = True
 
@@ -32,11 +32,14 @@ def available_methods() -> list[str]:
 def get_method_class(name: str) -> type[Method]:
     _load_all()
     if name not in METHODS:
-        from ..config import ConfigError
+        from ..checks import ConfigError
 
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
-def build_method(mcfg) -> Method:
-    return get_method_class(mcfg.name)(mcfg)
+def build_method(mcfg, trainer=None) -> Method:
+    """The method of the options ``mcfg``; with ``trainer`` (its ``tau_schedule``, ``tau_min``,
+    ``tau_rate``) its temperature follows that schedule, else it stays at ``mcfg.tau``."""
+    temperature = Temperature.from_trainer(mcfg.tau, trainer) if trainer is not None else None
+    return get_method_class(mcfg.name)(mcfg, temperature)

@@ -29,21 +29,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import at_least, one_of, require
+from ..checks import at_least, one_of, require
 from ..distributions._common import logit
 from ..distributions.binary_concrete import RelaxedBernoulli
 from ..distributions.correlated_bernoulli import (CorrelatedRelaxedBernoulli, correlation_cholesky_from_params,
                                                   equicorrelation, num_correlation_params)
-from .base import DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
 
 
 @dataclass
 class CorrelatedBernoulliConfig(MethodConfig):
-    name: str = "correlated_bernoulli"
-    latent_dim: int = 200
-    correlation: str = "learned"
-    rho: float = 0.0
-    prior_probs: float = 0.5
+    latent_dim: int = MISSING
+    correlation: str = MISSING
+    rho: float = MISSING
+    prior_probs: float = MISSING
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,8 +61,8 @@ class CorrelatedBernoulliMethod(Method):
     metric_kind = "relaxed"
     latent_type = "relaxed Bernoulli in (0, 1), Gaussian-copula correlated"
 
-    def __init__(self, cfg: CorrelatedBernoulliConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: CorrelatedBernoulliConfig, temperature=None):
+        super().__init__(cfg, temperature)
         d = cfg.latent_dim
         if cfg.correlation == "learned":
             self.corr_params = nn.Parameter(torch.zeros(num_correlation_params(d)))
@@ -114,7 +113,7 @@ class CorrelatedBernoulliMethod(Method):
         return -recon - kl
 
     def prior_sample(self, n, device, dtype=torch.float32):
-        return self.prior(torch.zeros(n, self.latent_dim, device=device, dtype=dtype), self.cfg.tau).sample()
+        return self.prior(torch.zeros(n, self.latent_dim, device=device, dtype=dtype), self.tau).sample()
 
     def reconstruct_input(self, params, tau):
         return self.posterior(params, tau).sample()

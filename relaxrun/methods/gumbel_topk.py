@@ -28,23 +28,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, at_least
+from ..checks import ConfigError, at_least
 from ..distributions.gumbel_topk import GumbelTopK, PlackettLuce, plackett_luce_log_prob, topk_khot
-from .base import DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .families import CategoricalLatentConfig
 
 
 @dataclass
-class GumbelTopKConfig(MethodConfig):
-    name: str = "gumbel_topk"
-    latent_dim: int = 20
-    categories: int = 10
-    subset_size: int = 3
-    kl_samples: int = 8
+class GumbelTopKConfig(CategoricalLatentConfig):
+    subset_size: int = MISSING
+    kl_samples: int = MISSING
 
     def __post_init__(self):
         super().__post_init__()
-        at_least("method.latent_dim", self.latent_dim, 1)
-        at_least("method.categories", self.categories, 2)
         at_least("method.subset_size", self.subset_size, 1)
         if self.subset_size > self.categories:
             raise ConfigError(f"method.subset_size must be an integer in [1, method.categories={self.categories}]; "
@@ -58,8 +54,8 @@ class GumbelTopKMethod(Method):
     metric_kind = "discrete"
     latent_type = "k-subset (k-hot) without replacement"
 
-    def __init__(self, cfg: GumbelTopKConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: GumbelTopKConfig, temperature=None):
+        super().__init__(cfg, temperature)
         K, k = cfg.categories, cfg.subset_size
         # log of the number of ordered k-tuples, K!/(K-k)!: the uniform prior is its negative
         self.log_num_tuples = math.lgamma(K + 1) - math.lgamma(K - k + 1)

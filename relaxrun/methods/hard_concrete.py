@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import at_least, require
+from ..checks import at_least, require
 from ..distributions.hard_concrete import HardConcrete
-from .base import DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
 
 
 def _finite(v) -> bool:
@@ -36,12 +36,11 @@ def _finite(v) -> bool:
 
 @dataclass
 class HardConcreteConfig(MethodConfig):
-    name: str = "hard_concrete"
-    latent_dim: int = 200
-    l: float = -0.1
-    r: float = 1.1
-    prior_log_alpha: float = 0.0
-    l0_weight: float = 0.0
+    latent_dim: int = MISSING
+    l: float = MISSING
+    r: float = MISSING
+    prior_log_alpha: float = MISSING
+    l0_weight: float = MISSING
 
     def __post_init__(self):
         super().__post_init__()
@@ -106,7 +105,7 @@ class HardConcreteMethod(Method):
         return -recon - kl
 
     def prior_sample(self, n, device, dtype=torch.float32):
-        return self.prior(torch.zeros(n, self.latent_dim, device=device, dtype=dtype), self.cfg.tau).sample()
+        return self.prior(torch.zeros(n, self.latent_dim, device=device, dtype=dtype), self.tau).sample()
 
     def reconstruct_input(self, params, tau):
         return self.posterior(params, tau).sample()

@@ -26,26 +26,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import at_least, positive, require
+from ..checks import at_least, positive, require
 from ..distributions.invertible_gaussian import InvertibleGaussian, gaussian_kl
-from .base import Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, Method, MethodConfig, Terms, bernoulli_nll, register
+from .families import CategoricalLatentConfig
 
 MIN_SCALE = 1e-4  # keeps log sigma and 1/sigma finite when the encoder drives softplus to 0
 
 
 @dataclass
-class InvertibleGaussianConfig(MethodConfig):
-    name: str = "invertible_gaussian"
-    latent_dim: int = 20
-    categories: int = 10
-    delta: float = 1.0
-    prior_loc: float = 0.0
-    prior_scale: float = 1.0
+class InvertibleGaussianConfig(CategoricalLatentConfig):
+    delta: float = MISSING
+    prior_loc: float = MISSING
+    prior_scale: float = MISSING
 
     def __post_init__(self):
         super().__post_init__()
-        at_least("method.latent_dim", self.latent_dim, 1)
-        at_least("method.categories", self.categories, 2)
         positive("method.delta", self.delta)
         require(isinstance(self.prior_loc, (int, float)) and math.isfinite(self.prior_loc), "method.prior_loc",
                 "a finite number", self.prior_loc)
@@ -101,7 +97,7 @@ class InvertibleGaussianMethod(Method):
 
     def prior_sample(self, n, device, dtype=torch.float32):
         like = torch.zeros(n, self.cfg.latent_dim, self.cfg.categories - 1, device=device, dtype=dtype)
-        return self.prior(like, self.cfg.tau).sample().flatten(-2)
+        return self.prior(like, self.tau).sample().flatten(-2)
 
     def reconstruct_input(self, params, tau):
         return self._sample(self.posterior(params, tau))[1].flatten(-2)

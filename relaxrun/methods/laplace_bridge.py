@@ -29,25 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from ..config import at_least, one_of, positive
+from ..checks import at_least, one_of, positive
 from ..distributions.laplace_bridge import LogisticNormalSoftmax, dirichlet_to_logistic_normal
-from .base import Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, Method, MethodConfig, Terms, bernoulli_nll, register
+from .families import CategoricalLatentConfig
 
 MIN_SCALE = 1e-4  # keeps the log-ratio covariance non-singular when softplus underflows
 
 
 @dataclass
-class LaplaceBridgeConfig(MethodConfig):
-    name: str = "laplace_bridge"
-    latent_dim: int = 1
-    categories: int = 50
-    prior_alpha: float = 1.0
-    kl: str = "simplex"
+class LaplaceBridgeConfig(CategoricalLatentConfig):
+    prior_alpha: float = MISSING
+    kl: str = MISSING
 
     def __post_init__(self):
         super().__post_init__()
-        at_least("method.latent_dim", self.latent_dim, 1)
-        at_least("method.categories", self.categories, 2)
         positive("method.prior_alpha", self.prior_alpha)
         one_of("method.kl", self.kl, ("simplex", "gaussian"))
 
@@ -58,8 +54,8 @@ class LaplaceBridgeMethod(Method):
     metric_kind = "approximate-prior"
     latent_type = "simplex (softmax of a Gaussian)"
 
-    def __init__(self, cfg: LaplaceBridgeConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: LaplaceBridgeConfig, temperature=None):
+        super().__init__(cfg, temperature)
         alpha = torch.full((cfg.categories,), float(cfg.prior_alpha), dtype=torch.float64)
         mu, var = dirichlet_to_logistic_normal(alpha)
         # buffers: follow the model to its device and dtype; persistent=False keeps checkpoints

@@ -20,87 +20,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import at_least, one_of, require
+from ..checks import one_of
 from ..distributions.binary_concrete import RelaxedBernoulli
-from ..distributions._common import logit
-from .base import (DiscreteLaw, Method, MethodConfig, Terms, bernoulli_kl, bernoulli_nll, register,
-                   straight_through)
-
-
-@dataclass
-class BernoulliLatentConfig(MethodConfig):
-    """Options shared by methods whose latent is ``latent_dim`` Bernoulli units with a Bernoulli prior."""
-
-    latent_dim: int = 200
-    prior_probs: float = 0.5
-
-    def __post_init__(self):
-        super().__post_init__()
-        at_least("method.latent_dim", self.latent_dim, 1)
-        require(isinstance(self.prior_probs, (int, float)) and 0 < self.prior_probs < 1, "method.prior_probs",
-                "a number in (0, 1)", self.prior_probs)
+from .base import MISSING, DiscreteLaw, Terms, bernoulli_nll, register, straight_through
+from .families import BernoulliLatentConfig, BernoulliLatentMethod  # noqa: F401  (also importable from here)
 
 
 @dataclass
 class RelaxedBernoulliConfig(BernoulliLatentConfig):
-    name: str = "relaxed_bernoulli"
-    hard: bool = False
-    kl: str = "analytic"
+    hard: bool = MISSING
+    kl: str = MISSING
 
     def __post_init__(self):
         super().__post_init__()
         one_of("method.kl", self.kl, ("analytic", "relaxed"))
-
-
-class BernoulliLatentMethod(Method):
-    """Shared parts of methods whose latent is D independent Bernoulli units."""
-
-    metric_kind = "discrete"
-    latent_type = "Bernoulli"
-
-    @property
-    def param_dim(self) -> int:
-        return self.cfg.latent_dim
-
-    @property
-    def latent_dim(self) -> int:
-        return self.cfg.latent_dim
-
-    @property
-    def prior_logits(self) -> float:
-        p = getattr(self.cfg, "prior_probs", 0.5)
-        return float(logit(torch.tensor(p, dtype=torch.float64)))
-
-    def exact_kl(self, logits: torch.Tensor) -> torch.Tensor:
-        return bernoulli_kl(logits, self.prior_logits).sum(-1)
-
-    def bound(self, params, decode, x, tau) -> Terms:
-        b = torch.bernoulli(torch.sigmoid(params))
-        recon = bernoulli_nll(decode(b), x)
-        kl = self.exact_kl(params)
-        return Terms((recon + kl).mean(), recon, kl)
-
-    def prior_sample(self, n, device, dtype=torch.float32):
-        p = torch.sigmoid(torch.tensor(self.prior_logits, dtype=dtype, device=device))
-        return torch.bernoulli(p.expand(n, self.latent_dim))
-
-    def reconstruct_input(self, params, tau):
-        return torch.bernoulli(torch.sigmoid(params))
-
-    def iwae_log_weights(self, params, decode, x, tau, k):
-        probs = torch.sigmoid(params)
-        b = torch.bernoulli(probs.expand(k, *probs.shape))
-        log_px = -bernoulli_nll(decode(b), x)
-        lq = torch.nn.functional.logsigmoid(params)
-        lq_neg = torch.nn.functional.logsigmoid(-params)
-        log_q = (b * lq + (1 - b) * lq_neg).sum(-1)
-        lp = self.prior_logits
-        log_p = (b * _logsig(lp) + (1 - b) * _logsig(-lp)).sum(-1)
-        return log_px + log_p - log_q
-
-
-def _logsig(v: float) -> float:
-    return float(torch.nn.functional.logsigmoid(torch.tensor(v, dtype=torch.float64)))
 
 
 @register("relaxed_bernoulli")

@@ -27,19 +27,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import at_least, positive, require
+from ..checks import at_least, positive, require
 from ..distributions.stochastic_gates import StochasticGate
-from .base import DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
 
 
 @dataclass
 class StochasticGatesConfig(MethodConfig):
-    name: str = "stochastic_gates"
-    latent_dim: int = 200
-    sigma: float = 0.5
-    learn_sigma: bool = False
-    prior_mu: float = 0.5
-    l0_weight: float = 0.0
+    latent_dim: int = MISSING
+    sigma: float = MISSING
+    learn_sigma: bool = MISSING
+    prior_mu: float = MISSING
+    l0_weight: float = MISSING
 
     def __post_init__(self):
         super().__post_init__()
@@ -57,8 +56,8 @@ class StochasticGatesMethod(Method):
     metric_kind = "mixed"
     latent_type = "clipped-Gaussian gate in [0, 1] (atoms at 0 and 1)"
 
-    def __init__(self, cfg: StochasticGatesConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: StochasticGatesConfig, temperature=None):
+        super().__init__(cfg, temperature)
         log_sigma = torch.full((cfg.latent_dim,), math.log(cfg.sigma))
         if cfg.learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)

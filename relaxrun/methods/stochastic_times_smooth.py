@@ -24,12 +24,12 @@ from ..distributions.stochastic_times_smooth import StochasticTimesSmooth
 import torch
 
 from .base import DiscreteLaw, Terms, bernoulli_nll, register
-from .relaxed_bernoulli import BernoulliLatentConfig, BernoulliLatentMethod
+from .families import BernoulliLatentConfig, BernoulliLatentMethod
 
 
 @dataclass
 class StochasticTimesSmoothConfig(BernoulliLatentConfig):
-    name: str = "stochastic_times_smooth"
+    """No options beyond the family\'s."""
 
 
 @register("stochastic_times_smooth")

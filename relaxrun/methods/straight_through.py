@@ -21,12 +21,12 @@ from ..distributions.straight_through import StraightThroughBernoulli
 import torch
 
 from .base import DiscreteLaw, Terms, bernoulli_nll, register
-from .relaxed_bernoulli import BernoulliLatentConfig, BernoulliLatentMethod
+from .families import BernoulliLatentConfig, BernoulliLatentMethod
 
 
 @dataclass
 class StraightThroughConfig(BernoulliLatentConfig):
-    name: str = "straight_through"
+    """No options beyond the family\'s."""
 
 
 @register("straight_through")
