@@ -68,6 +68,55 @@ class Setup:
         return self.method.training_step(self.model, x, step, self.tools)
 
 
+class StepLog:
+    """The loop's per-step bookkeeping, without host syncs between log points.
+
+    ``record`` stacks a step's loss, mean recon, mean KL and the method's ``extras`` on the device,
+    adds them to the running and the epoch sums, logs ``train/tau`` when it changes and, every
+    ``log_every`` steps (and at the last step), copies the running mean to the host once and writes
+    ``train/loss|recon|kl``, ``method/<key>`` and ``train/lr``. ``check(avg, step)`` sees the mean
+    (loss, recon, kl) first and may raise.
+    """
+
+    def __init__(self, writer, log_every: int, total_steps: int, optimizer, check=lambda avg, step: None):
+        self.writer, self.log_every, self.total_steps = writer, log_every, total_steps
+        self.optimizer, self.check = optimizer, check
+        self.keys: list[str] | None = None
+        self.last_tau: float | None = None
+        self.run_sum, self.run_n = None, 0
+        self.epoch_sum: torch.Tensor | None = None
+
+    def start_epoch(self, epoch_sum, device) -> None:
+        """Start (or, after a resume, continue) an epoch's sums of (loss, recon, kl)."""
+        self.epoch_sum = torch.tensor(epoch_sum, device=device)
+        self.run_sum, self.run_n = None, 0
+
+    def record(self, terms, step: int, tau: float) -> list[float] | None:
+        """Account the terms of the step that made ``step`` steps done; the host copy of the running
+        mean if this step wrote it, else None."""
+        if self.keys is None:
+            self.keys = list(terms.extras)
+        parts = torch.stack([terms.loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean(),
+                             *(terms.extras[k].detach().to(terms.loss.dtype) for k in self.keys)])
+        self.run_sum = parts if self.run_sum is None else self.run_sum + parts
+        self.epoch_sum += parts[:3]
+        self.run_n += 1
+        if tau != self.last_tau:
+            self.writer.add_scalar("train/tau", tau, step)
+            self.last_tau = tau
+        if step % self.log_every and step != self.total_steps:
+            return None
+        avg = (self.run_sum / self.run_n).tolist()  # one host sync per log interval, not per step
+        self.check(avg[:3], step)
+        for name, v in zip(("loss", "recon", "kl"), avg):
+            self.writer.add_scalar(f"train/{name}", v, step)
+        for name, v in zip(self.keys, avg[3:]):
+            self.writer.add_scalar(f"method/{name}", v, step)
+        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
+        self.run_sum, self.run_n = None, 0
+        return avg
+
+
 def build(run, mcfg, device: torch.device | None = None, data: Data | None = None) -> Setup:
     device = device or pick_device(run.device)
     torch.manual_seed(run.seed)
@@ -132,19 +181,18 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
     step = st["step"]
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step else None)
     tau = method.temperature.at(step)
-    last_logged_tau = None
-    extras_keys: list[str] | None = None
     stop_signal: list[int] = []
     handlers = _install_signal_handlers(stop_signal)
     diag = run.diagnostics
     bar = tqdm(total=total_steps, initial=step, disable=not tr.progress, desc=mcfg.name, unit="step",
                dynamic_ncols=True)
+    scalars = StepLog(writer, tr.log_every, total_steps, s.tools.optimizers["main"],
+                      lambda avg, at: _check_finite(avg, at, mcfg.name, ckpt_path))
     try:
         stop = step >= total_steps
         while not stop and st["epoch"] < tr.epochs:
             t_epoch = time.perf_counter()
-            run_sum, run_n = None, 0  # loss, recon, kl and the method's extras, summed on the device
-            epoch_sum = torch.tensor(st["epoch_sum"], device=s.device)
+            scalars.start_epoch(st["epoch_sum"], s.device)
             for perm, i, idx in data.batches(tr.batch_size, s.gens["data"], st["batch"], st["perm"]):
                 st["perm"] = perm
                 x = data.train_batch(idx, s.gens["binarize"])
@@ -156,30 +204,13 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
                 terms = s.step(x, step)
                 step += 1
                 tau = method.tau
-                if extras_keys is None:
-                    extras_keys = list(terms.extras)
-                parts = torch.stack([terms.loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean(),
-                                     *(terms.extras[k].detach().to(terms.loss.dtype) for k in extras_keys)])
-                run_sum = parts if run_sum is None else run_sum + parts
-                epoch_sum += parts[:3]
-                run_n += 1
-                st.update(step=step, batch=i + 1, epoch_n=st["epoch_n"] + 1)
-                if tau != last_logged_tau:
-                    writer.add_scalar("train/tau", tau, step)
-                    last_logged_tau = tau
-                if step % tr.log_every == 0 or step == total_steps:
-                    avg = (run_sum / run_n).tolist()  # one host sync per log interval, not per step
-                    _check_finite(avg[:3], step, mcfg.name, ckpt_path)
-                    for name, v in zip(("loss", "recon", "kl"), avg):
-                        writer.add_scalar(f"train/{name}", v, step)
-                    for name, v in zip(extras_keys, avg[3:]):
-                        writer.add_scalar(f"method/{name}", v, step)
-                    writer.add_scalar("train/lr", s.tools.optimizers["main"].param_groups[0]["lr"], step)
+                avg = scalars.record(terms, step, tau)
+                if avg is not None:
                     bar.set_postfix(loss=f"{avg[0]:.2f}", tau=f"{tau:.3g}")
-                    run_sum, run_n = None, 0
+                st.update(step=step, batch=i + 1, epoch_n=st["epoch_n"] + 1)
                 bar.update(1)
                 if stop_signal:
-                    st["epoch_sum"] = epoch_sum.tolist()
+                    st["epoch_sum"] = scalars.epoch_sum.tolist()
                     st["elapsed"] += time.perf_counter() - t_epoch
                     _check_finite(st["epoch_sum"], step, mcfg.name, ckpt_path, model, method)
                     checkpoint()
@@ -191,7 +222,7 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
             # -- end of an epoch (or of the step budget): evaluate, images, checkpoint -------------
             finished_epoch = st["batch"] >= steps_per_epoch
             st["elapsed"] += time.perf_counter() - t_epoch
-            train_avg = (epoch_sum / max(st["epoch_n"], 1)).tolist()
+            train_avg = (scalars.epoch_sum / max(st["epoch_n"], 1)).tolist()
             _check_finite(train_avg, step, mcfg.name, ckpt_path, model, method)
             test = evaluate(model, method, data.test, tr.eval_batch_size, seed=run.data.eval_seed)
             record = {"epoch": st["epoch"] + 1, "step": step, "tau": tau, "train_objective": train_avg[0],
@@ -215,7 +246,7 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
             if finished_epoch:
                 st.update(epoch=st["epoch"] + 1, batch=0, perm=None, epoch_sum=[0.0, 0.0, 0.0], epoch_n=0)
             else:
-                st["epoch_sum"] = epoch_sum.tolist()
+                st["epoch_sum"] = scalars.epoch_sum.tolist()
             checkpoint()
             writer.flush()
             if tr.patience and data.val is not None and st["bad_epochs"] >= tr.patience:

@@ -75,11 +75,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import relaxrun  # noqa: E402
-from relaxrun.config import register_configs, validate  # noqa: E402
+from relaxrun.config import method_options, register_configs, validate  # noqa: E402
 from relaxrun.data import load_data, load_images  # noqa: E402
 from relaxrun.methods import available_methods, build_method, get_method_class  # noqa: E402
+from relaxrun.methods.base import _no_phase  # noqa: E402
 from relaxrun.models import build_model  # noqa: E402
-from relaxrun.train import Interrupted, build_optimizer, pick_device, temperature, train  # noqa: E402
+from relaxrun.train import Interrupted, StepLog, build, build_optimizer, pick_device, train  # noqa: E402
 
 SECTIONS = ("throughput", "breakdown", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
 
@@ -339,12 +340,13 @@ class Baseline:
         self.dataset = torchvision.datasets.MNIST(ctx.data_root, train=True, download=False,
                                                   transform=transforms.ToTensor())
         torch.manual_seed(self.run.seed)
-        self.model = build_model(self.run.model, build_method(self.mcfg)).to(ctx.device)
+        self.method = build_method(self.mcfg).to(ctx.device)
+        self.model = build_model(self.run.model, self.method.param_dim, self.method.latent_dim).to(ctx.device)
+        params = [*self.model.parameters(), *self.method.parameters()]
         if relaxrun_adam:
-            self.optimizer = build_optimizer(self.model.parameters(), self.run.optim)
+            self.optimizer = build_optimizer(params, self.run.optim)
         else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.run.optim.lr,
-                                              weight_decay=self.run.optim.weight_decay)
+            self.optimizer = torch.optim.Adam(params, lr=self.run.optim.lr, weight_decay=self.run.optim.weight_decay)
 
     def epoch(self, info: dict) -> float:
         from torch.utils.data import DataLoader
@@ -357,7 +359,7 @@ class Baseline:
             t0 = time.perf_counter()
             for images, _ in loader:
                 x = torch.bernoulli(images.view(images.shape[0], -1).to(device))
-                terms = self.model.loss(x, tau)
+                terms = self.method.loss(self.model.encoder(x), self.model.decode, x, tau)
                 self.optimizer.zero_grad()
                 terms.loss.backward()
                 self.optimizer.step()
@@ -403,9 +405,11 @@ PHASES = ("data", "forward", "backward", "optimizer", "logging")
 
 
 class InstrumentedLoop:
-    """The loop body of relaxrun/train.py with a timer between its parts (kept in step with it:
-    batches + train_batch; model.loss; zero_grad + backward; optimizer.step; the per-step stack of
-    loss parts, tau logging and the log every trainer.log_every steps)."""
+    """The real training step with a timer between its parts: the objects ``relaxrun.train.build``
+    makes, ``Setup.step`` (the method's own ``training_step``, whose ``tools.phase`` hook marks the
+    end of its forward, backward and optimizer parts) and the loop's ``StepLog`` (the per-step
+    bookkeeping and the log every trainer.log_every steps). Only the batch iteration is driven from
+    here (``Data.batches`` + ``Data.train_batch``, as train() calls them)."""
 
     def __init__(self, ctx: Context, key: str):
         from torch.utils.tensorboard import SummaryWriter
@@ -413,16 +417,15 @@ class InstrumentedLoop:
         cfg = ctx.compose(CONFIGS[key]["overrides"])
         self.run, self.mcfg = validate(cfg)
         self.device = ctx.device
-        torch.manual_seed(self.run.seed)
-        self.gens = {"data": torch.Generator(device=self.device).manual_seed(self.run.seed + 1),
-                     "binarize": torch.Generator(device=self.device).manual_seed(self.run.seed + 2)}
-        self.data = load_data(self.run.data, self.device)
-        self.model = build_model(self.run.model, build_method(self.mcfg)).to(self.device)
-        self.optimizer = build_optimizer(self.model.parameters(), self.run.optim)
+        self.setup = build(self.run, self.mcfg, self.device)
+        self.model, self.method = self.setup.model, self.setup.method
+        self.optimizer = self.setup.tools.optimizers["main"]
         self.writer = SummaryWriter(str(ctx.tmpdir("tb-")))
+        self.log = StepLog(self.writer, self.run.trainer.log_every, 0, self.optimizer)
+        self.log.start_epoch([0.0, 0.0, 0.0], self.device)
         self.step = 0
         self.batches = None
-        self.last_tau = None
+        self.marks: list[tuple[str, float]] = []
 
     def close(self) -> None:
         self.writer.close()
@@ -431,62 +434,47 @@ class InstrumentedLoop:
         tr = self.run.trainer
         while True:
             if self.batches is None:
-                self.batches = self.data.batches(tr.batch_size, self.gens["data"])
+                self.batches = self.data.batches(tr.batch_size, self.setup.gens["data"])
             try:
                 return next(self.batches)
             except StopIteration:
                 self.batches = None
 
+    @property
+    def data(self):
+        return self.setup.data
+
     def steps(self, n: int, timed: bool = True, threads: int | None = None) -> dict:
         """``n`` training steps; per-phase times. ``threads`` overrides trainer.threads."""
-        tr, dev, model, opt = self.run.trainer, self.device, self.model, self.optimizer
+        dev, s = self.device, self.setup
         t = dict.fromkeys(PHASES, 0.0)
-        run_loss = torch.zeros(3, device=dev)
-        epoch_sum = torch.zeros(3, device=dev)
-        run_n = 0
         pc = time.perf_counter
-        with num_threads(threads or tr.threads or None):
-            for _ in range(n):
-                t0 = pc()
-                _, _, idx = self.next_batch()
-                x = self.data.train_batch(idx, self.gens["binarize"])
-                tau = temperature(tr, self.mcfg.tau, self.step)
-                if timed:
-                    sync(dev)
-                t1 = pc()
-                terms = model.loss(x, tau)
-                if timed:
-                    sync(dev)
-                t2 = pc()
-                opt.zero_grad(set_to_none=True)
-                terms.loss.backward()
-                if timed:
-                    sync(dev)
-                t3 = pc()
-                opt.step()
-                if timed:
-                    sync(dev)
-                t4 = pc()
-                self.step += 1
-                parts = torch.stack([terms.loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean()])
-                run_loss += parts
-                epoch_sum += parts
-                run_n += 1
-                if tau != self.last_tau:
-                    self.writer.add_scalar("train/tau", tau, self.step)
-                    self.last_tau = tau
-                if self.step % tr.log_every == 0:
-                    avg = (run_loss / run_n).tolist()
-                    for name, v in zip(("loss", "recon", "kl"), avg):
-                        self.writer.add_scalar(f"train/{name}", v, self.step)
-                    self.writer.add_scalar("train/lr", opt.param_groups[0]["lr"], self.step)
-                    run_loss.zero_()
-                    run_n = 0
-                if timed:
-                    sync(dev)
-                t5 = pc()
-                for name, a, b in zip(PHASES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
-                    t[name] += b - a
+        marks = self.marks
+
+        def phase(name: str) -> None:
+            if timed:
+                sync(dev)
+            marks.append((name, pc()))
+
+        s.tools.phase = phase
+        try:
+            with num_threads(threads or self.run.trainer.threads or None):
+                for _ in range(n):
+                    marks.clear()
+                    t0 = pc()
+                    _, _, idx = self.next_batch()
+                    x = self.data.train_batch(idx, s.gens["binarize"])
+                    phase("data")
+                    terms = s.step(x, self.step)
+                    self.step += 1
+                    self.log.record(terms, self.step, self.method.tau)
+                    phase("logging")
+                    prev = t0
+                    for name, at in marks:  # a method with several backward/optimizer parts adds them up
+                        t[name] += at - prev
+                        prev = at
+        finally:
+            s.tools.phase = _no_phase
         total = sum(t.values())
         out = {f"{k}_ms": 1e3 * v / n for k, v in t.items()}
         out["total_ms"] = 1e3 * total / n
@@ -631,7 +619,7 @@ def method_kernel_case(name: str):
             size = f"{KERNEL_BATCH} x {BERNOULLI_UNITS}"
         else:
             return f"its config has no latent_dim option (fields: {', '.join(sorted(fields))})"
-        method = cls(cls.Config(**kwargs))
+        method = cls(method_options(name, **kwargs))
         g = torch.Generator().manual_seed(0)
         params = torch.randn(KERNEL_BATCH, method.param_dim, generator=g).requires_grad_()
         x = torch.bernoulli(torch.full((KERNEL_BATCH, method.latent_dim), 0.5), generator=g)
@@ -1041,10 +1029,11 @@ def bench_optimizer(ctx: Context) -> dict:
     for name, kw in variants.items():
         try:
             torch.manual_seed(run.seed)
-            model = build_model(run.model, build_method(mcfg)).to(ctx.device)
+            method = build_method(mcfg).to(ctx.device)
+            model = build_model(run.model, method.param_dim, method.latent_dim).to(ctx.device)
             opt = torch.optim.Adam(model.parameters(), lr=run.optim.lr, weight_decay=run.optim.weight_decay, **kw)
             x = torch.bernoulli(torch.full((run.trainer.batch_size, 784), 0.3, device=ctx.device))
-            model.loss(x, mcfg.tau).loss.backward()
+            method.loss(model.encoder(x), model.decode, x, mcfg.tau).loss.backward()
             opt.step()
             tensors = len(list(model.parameters()))
         except Exception as err:  # noqa: BLE001 - e.g. fused Adam not available for this device/torch

@@ -92,7 +92,7 @@ declares a second optimizer and writes its own step::
         phi_grads = torch.autograd.grad(variance, [p for grp in cv.param_groups for p in grp["params"]])
         ...assign phi_grads, then tools.step("control_variate")
         tools.minimize(terms.loss)                                  # VAE step on "main"
-        return terms._replace(extras={"tau": self.tau_tensor(), "variance": variance.detach()})
+        return terms._replace(extras={"tau": variance.new_tensor(self.tau), "variance": variance.detach()})
 
 The loop checkpoints both optimizers and logs the extras; train.py does not change.
 
