@@ -21,9 +21,11 @@ Sections (``--sections``, comma separated; all by default):
   per-batch binarization, torch's default Adam and ``loss.item()`` per step, the pipeline public
   demos use; and the same baseline with relaxrun's Adam, which splits the gain into data pipeline
   and optimizer.
+* ``against`` -- only with ``--against REV``: the default epoch of this tree and of git revision
+  REV (exported with ``git archive``), each a whole ``relaxrun`` process, interleaved.
 * ``breakdown`` -- relaxrun's step cut into data (index + binarize), forward, backward, optimizer,
-  logging (per-step bookkeeping + the periodic log), timed by a copy of the loop body of
-  relaxrun/train.py instrumented with timers; and the host synchronisations per step, counted in
+  logging (per-step bookkeeping + the periodic log), timed on the real step (``relaxrun.train.build``,
+  ``Setup.step`` with a ``tools.phase`` hook, the loop's ``StepLog``); and the host synchronisations per step, counted in
   the real ``train()`` by wrapping Tensor.item/tolist/__bool__/__float__/__int__/numpy and keeping
   the calls made from relaxrun's own code (two runs of A and B steps; the difference / (B - A)).
 * ``kernels`` -- for every registered method, ``method.loss(params, identity decoder, x, tau)`` +
@@ -82,7 +84,7 @@ from relaxrun.methods.base import _no_phase  # noqa: E402
 from relaxrun.models import build_model  # noqa: E402
 from relaxrun.train import Interrupted, StepLog, build, build_optimizer, pick_device, train  # noqa: E402
 
-SECTIONS = ("throughput", "breakdown", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
+SECTIONS = ("throughput", "against", "breakdown", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
 
 CONFIGS = {
     "default": {
@@ -395,6 +397,69 @@ def bench_throughput(ctx: Context) -> dict:
             "speedup_range": [b["min"] / r["max"], b["max"] / r["min"]],
         }
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# 1b. this tree against another revision of relaxrun (--against REV), side by side
+# ------------------------------------------------------------------------------------------------
+
+_REVISION_CHILD = r"""
+import os, sys
+tree = sys.argv[1]
+sys.path.insert(0, tree)
+import relaxrun
+assert os.path.realpath(relaxrun.__file__).startswith(os.path.realpath(tree)), relaxrun.__file__
+from relaxrun.cli import main
+sys.argv = ["relaxrun", *sys.argv[2:]]
+main()
+"""
+
+
+def export_revision(rev: str, dest: Path) -> str:
+    """``git archive`` of ``rev`` unpacked into ``dest``; returns the full commit hash."""
+    import io
+    import tarfile
+
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit], capture_output=True,
+                         check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(dest, filter="data")
+    return commit
+
+
+def bench_against(ctx: Context) -> dict:
+    """Seconds per default epoch of this tree and of revision ``--against``, each a whole ``relaxrun``
+    CLI process on its own source tree (the same overrides), interleaved A B A B. The figure is the
+    loop's own clock from metrics.json, as in section 1."""
+    rev = ctx.args.against
+    other = ctx.tmpdir("rev-")
+    commit = export_revision(rev, other)
+    trees = {"this tree": REPO, f"revision {rev}": other}
+    overrides = ctx.base_overrides() + CONFIGS["default"]["overrides"]
+    if ctx.args.steps:
+        overrides.append(f"trainer.max_steps={ctx.args.steps}")
+    spe = ctx.steps_per_epoch(ctx.compose(CONFIGS["default"]["overrides"]).trainer.batch_size)
+
+    def fn(tree: Path):
+        def run():
+            run_dir = ctx.tmpdir("against-")
+            log_path = run_dir.with_suffix(".log")
+            env = dict(os.environ, PYTHONPATH=str(tree), HYDRA_FULL_ERROR="1")
+            res = run_child([sys.executable, "-c", _REVISION_CHILD, str(tree), *overrides,
+                             f"hydra.run.dir={run_dir}"], log_path, env=env, cwd=ctx.tmp)
+            if res["rc"] != 0:
+                raise RuntimeError(f"relaxrun from {tree} failed: {child_failed(res, log_path)}")
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return metrics["history"][0]["seconds"] * spe / metrics["steps"]
+        return run
+
+    figs = measure({name: fn(tree) for name, tree in trees.items()}, ctx.args.repeats, ctx.args.warmup)
+    this, then = figs["this tree"], figs[f"revision {rev}"]
+    return {"label": CONFIGS["default"]["label"], "revision": rev, "commit": commit, "figures": figs,
+            "ratio": this["median"] / then["median"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1186,12 +1251,25 @@ def render(res: dict) -> str:
             targets.append([f"default-config epoch ≥ {TARGETS['epoch_speedup']:.0f}x faster than the DataLoader "
                             "baseline", reached, verdict(ok)])
 
+    ag = res.get("against")
+    if ag:
+        L += [f"## 1b. Against revision `{ag['revision']}`", ""]
+        L += [f"The default epoch ({ag['label']}) of this tree and of revision `{ag['revision']}` (commit "
+              f"`{ag['commit'][:12]}`, exported with `git archive`), each a whole `relaxrun` process on its own "
+              "source tree with the same overrides, interleaved; the figure is the loop's own clock "
+              "(metrics.json `seconds`), as in section 1.", ""]
+        rows = [[name] + fig_cells(f) for name, f in ag["figures"].items()]
+        L += table(["source", "s/epoch median", "min", "max", "n", "load", "other cores"], rows)
+        L += [f"This tree / revision `{ag['revision']}`: **{ag['ratio']:.3f}x** the time per epoch.", ""]
+
     bd = res.get("breakdown")
     if bd:
         L += ["## 2. Where the time goes", ""]
-        L += ["Per-step time of relaxrun's loop body (a copy of relaxrun/train.py's step with a timer between its "
-              "parts; *logging* is the per-step stack of the loss parts plus the scalar log every "
-              "`trainer.log_every` steps), over "
+        L += ["Per-step time of relaxrun's real step: the objects `relaxrun.train.build` makes, `Setup.step` (the "
+              "method's own `training_step`, whose `tools.phase` hook marks the end of its forward, backward and "
+              "optimizer parts) and the loop's `StepLog` (*logging*: the per-step stack of the loss parts and "
+              "extras plus the scalar log every `trainer.log_every` steps); *data* is `Data.batches` + "
+              "`Data.train_batch`. Over "
               f"{bd['default']['steps']} steps per repeat.", ""]
         for key in CONFIGS:
             if key not in bd:
@@ -1472,6 +1550,8 @@ def parse_args(argv=None):
     p.add_argument("--optimizer-steps", type=int, default=None, help="optimizer steps per repeat (100)")
     p.add_argument("--compile-epochs", type=int, default=None, help="epochs of each compile/eager run (6; 0 = skip)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for everything (0 = torch's default)")
+    p.add_argument("--against", default=None, metavar="REV",
+                   help="also time the default epoch of git revision REV beside this tree (section 1b)")
     p.add_argument("--device", default="cpu", help="device for relaxrun and the baseline (cpu, cuda, auto)")
     p.add_argument("--smoke", action="store_true",
                    help="1 repeat, tiny sizes, 1 thread, no compile: checks that the suite runs (CI)")
@@ -1548,13 +1628,16 @@ def main(argv=None) -> int:
         }
         all_probe = Probe()
         for section in SECTIONS:
-            if section not in args.sections or (section == "compile" and not args.compile_epochs):
+            if section not in args.sections or (section == "compile" and not args.compile_epochs) \
+                    or (section == "against" and not args.against):
                 continue
             log.info("%s ... (load %.2f)", section, os.getloadavg()[0])
             t0 = time.perf_counter()
             try:
                 if section == "throughput":
                     res[section] = bench_throughput(ctx)
+                elif section == "against":
+                    res[section] = bench_against(ctx)
                 elif section == "breakdown":
                     res[section] = bench_breakdown(ctx, res.get("throughput"))
                 elif section == "kernels":
