@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import METHODS, Method, MethodConfig, StepTools, Temperature, Terms, register
+from .base import BOUND_KINDS, METHODS, Method, MethodConfig, StepTools, Temperature, Terms, register
 
-__all__ = ["METHODS", "Method", "MethodConfig", "StepTools", "Temperature", "Terms", "register", "get_method_class",
+__all__ = ["BOUND_KINDS", "METHODS", "Method", "MethodConfig", "StepTools", "Temperature", "Terms", "register", "get_method_class",
            "available_methods", "build_method"]
 
 _loaded = False

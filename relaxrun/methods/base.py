@@ -297,6 +297,10 @@ class StepTools:
         self.phase("optimizer")
 
 
+#: the kinds of bound a method may report (:attr:`Method.metric_kind`)
+BOUND_KINDS = ("discrete", "mixed", "relaxed", "approximate-prior")
+
+
 class Method(nn.Module):
     """Base class; see the module docstring. May own learnable parameters (trained with the VAE)."""
 

@@ -34,7 +34,8 @@ from ..distributions._common import logit
 from ..distributions.binary_concrete import RelaxedBernoulli
 from ..distributions.correlated_bernoulli import (CorrelatedRelaxedBernoulli, correlation_cholesky_from_params,
                                                   equicorrelation, num_correlation_params)
-from .base import MISSING, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, DiscreteLaw, MethodConfig, Terms, bernoulli_nll, register
+from .families import UnitLatentMethod
 
 
 @dataclass
@@ -56,7 +57,7 @@ class CorrelatedBernoulliConfig(MethodConfig):
 
 
 @register("correlated_bernoulli")
-class CorrelatedBernoulliMethod(Method):
+class CorrelatedBernoulliMethod(UnitLatentMethod):
     Config = CorrelatedBernoulliConfig
     metric_kind = "relaxed"
     latent_type = "relaxed Bernoulli in (0, 1), Gaussian-copula correlated"
@@ -71,14 +72,6 @@ class CorrelatedBernoulliMethod(Method):
         else:
             self.register_buffer("fixed_scale_tril", torch.eye(d))
         self.prior_logit = float(logit(torch.tensor(cfg.prior_probs, dtype=torch.float64)))
-
-    @property
-    def param_dim(self) -> int:
-        return self.cfg.latent_dim
-
-    @property
-    def latent_dim(self) -> int:
-        return self.cfg.latent_dim
 
     def scale_tril(self) -> torch.Tensor:
         """Cholesky factor of R, (D, D)."""

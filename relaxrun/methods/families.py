@@ -51,11 +51,8 @@ class CategoricalLatentConfig(MethodConfig):
         at_least("method.categories", self.categories, 2)
 
 
-class BernoulliLatentMethod(Method):
-    """Shared parts of methods whose latent is D independent Bernoulli units."""
-
-    metric_kind = "discrete"
-    latent_type = "Bernoulli"
+class UnitLatentMethod(Method):
+    """Methods with one encoder output per latent unit: ``param_dim = latent_dim = cfg.latent_dim``."""
 
     @property
     def param_dim(self) -> int:
@@ -64,6 +61,13 @@ class BernoulliLatentMethod(Method):
     @property
     def latent_dim(self) -> int:
         return self.cfg.latent_dim
+
+
+class BernoulliLatentMethod(UnitLatentMethod):
+    """Shared parts of methods whose latent is D independent Bernoulli units."""
+
+    metric_kind = "discrete"
+    latent_type = "Bernoulli"
 
     @property
     def prior_logits(self) -> float:

@@ -27,7 +27,8 @@ import torch
 
 from ..checks import at_least, require
 from ..distributions.hard_concrete import HardConcrete
-from .base import MISSING, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, DiscreteLaw, MethodConfig, Terms, bernoulli_nll, register
+from .families import UnitLatentMethod
 
 
 def _finite(v) -> bool:
@@ -53,18 +54,10 @@ class HardConcreteConfig(MethodConfig):
 
 
 @register("hard_concrete")
-class HardConcreteMethod(Method):
+class HardConcreteMethod(UnitLatentMethod):
     Config = HardConcreteConfig
     metric_kind = "mixed"
     latent_type = "Hard Concrete gate in [0, 1] (atoms at 0 and 1)"
-
-    @property
-    def param_dim(self) -> int:
-        return self.cfg.latent_dim
-
-    @property
-    def latent_dim(self) -> int:
-        return self.cfg.latent_dim
 
     def posterior(self, params: torch.Tensor, tau: float) -> HardConcrete:
         return HardConcrete(params, tau, l=self.cfg.l, r=self.cfg.r, validate_args=False)

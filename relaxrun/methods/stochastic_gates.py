@@ -29,7 +29,8 @@ from torch import nn
 
 from ..checks import at_least, positive, require
 from ..distributions.stochastic_gates import StochasticGate
-from .base import MISSING, DiscreteLaw, Method, MethodConfig, Terms, bernoulli_nll, register
+from .base import MISSING, DiscreteLaw, MethodConfig, Terms, bernoulli_nll, register
+from .families import UnitLatentMethod
 
 
 @dataclass
@@ -51,7 +52,7 @@ class StochasticGatesConfig(MethodConfig):
 
 
 @register("stochastic_gates")
-class StochasticGatesMethod(Method):
+class StochasticGatesMethod(UnitLatentMethod):
     Config = StochasticGatesConfig
     metric_kind = "mixed"
     latent_type = "clipped-Gaussian gate in [0, 1] (atoms at 0 and 1)"
@@ -63,14 +64,6 @@ class StochasticGatesMethod(Method):
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
-
-    @property
-    def param_dim(self) -> int:
-        return self.cfg.latent_dim
-
-    @property
-    def latent_dim(self) -> int:
-        return self.cfg.latent_dim
 
     def posterior(self, params: torch.Tensor) -> StochasticGate:
         sigma = self.log_sigma.exp().to(params.dtype)
