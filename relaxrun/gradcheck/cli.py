@@ -21,6 +21,7 @@ from ..methods.base import Method
 from .calibration import REF_NAME, REF_NAMES, REF_SCALED_NAME, build_reference, calibration_failures
 from .problems import PROBLEMS, make_problem
 from .report import markdown_table, plot, text_table, update_doc, write_csv
+from .enumeration import row_objective
 from .statistics import _uses_tau, check_row, expectation_is_isolated
 
 DEFAULT_TAUS = (0.1, 0.5, 1.0)
@@ -35,6 +36,9 @@ class Spec:
     label: str
     name: str
     overrides: dict
+    #: ``trained=N`` in the spec (not a method option): before the row, N steps of the method's own
+    #: control-variate training on the problem (``Method.fit_control``; REBAR, RELAX)
+    trained: int = 0
 
     @classmethod
     def parse(cls, text: str) -> "Spec":
@@ -47,7 +51,10 @@ class Spec:
                 raise ValueError(f"method spec {text!r}: expected key=value after ':', got {item!r}")
             k, v = item.split("=", 1)
             overrides[k.strip()] = yaml.safe_load(v)
-        return cls(text, name.strip(), overrides)
+        trained = overrides.pop("trained", 0)
+        if not isinstance(trained, int) or isinstance(trained, bool) or trained < 0:
+            raise ValueError(f"method spec {text!r}: trained must be a whole number of steps >= 0, got {trained!r}")
+        return cls(text, name.strip(), overrides, trained)
 
 
 def build(spec: Spec, problem_kind: str, shape: tuple[int, ...], dtype) -> Method:
@@ -115,8 +122,12 @@ def run(specs: list[Spec], problems: list[str], taus: list[float], samples: int,
             try:
                 method = build(spec, kind, problem.shape, dtype)
                 params = problem.make_params(method.param_dim)
-                if problem.objective == "expectation" and not expectation_is_isolated(method, problem, params,
-                                                                                        taus[0]):
+                objective = row_objective(method, problem)
+                base["objective"] = objective
+                if spec.trained:
+                    # unbiased estimators with learned control variates: checked after tuning them here
+                    method.fit_control(params, problem.decode, problem.x, spec.trained)
+                if objective == "expectation" and not expectation_is_isolated(method, problem, params, taus[0]):
                     rows.append({**base, "status": "skipped", "tau": "", "reason": (
                         "loss - mean(kl) still has a gradient when f = 0 (the loss carries a separate "
                         "KL-gradient surrogate), so E_q[f]'s estimator cannot be isolated on this problem")})
@@ -217,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in specs:
             if s.name not in REF_NAMES and s.name not in available_methods():
                 raise ValueError(f"unknown method {s.name!r}; available: {', '.join(available_methods())}")
+            if s.trained and not hasattr(get_method_class(s.name), "fit_control"):
+                raise ValueError(f"method spec {s.label!r}: trained=N needs a method with learned control "
+                                 f"variates (Method.fit_control); {s.name} has none")
             try:
                 law_kind(s)
             except NotImplementedError:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..methods.base import Method, Terms
-from .enumeration import exact_gradient
+from .enumeration import exact_gradient, row_objective
 from .problems import Problem, _stable_seed
 
 #: softplus(-800) = 0 in float32 and float64: the decoder logit that makes -log p(x = 0 | z) exactly 0
@@ -32,7 +32,7 @@ def estimator_draws(method: Method, problem: Problem, params: torch.Tensor, tau:
         m = min(per_call, samples - done)
         p = params.detach().repeat(m, 1).requires_grad_(True)
         terms: Terms = method.loss(p, problem.decode, problem.x.repeat(m, 1), tau)
-        loss = terms.loss if problem.objective == "elbo" else terms.loss - terms.kl.mean()
+        loss = terms.loss if row_objective(method, problem) != "expectation" else terms.loss - terms.kl.mean()
         (g,) = torch.autograd.grad(loss, p, allow_unused=True)
         g = torch.zeros_like(p) if g is None else g
         out.append(g.reshape(m, -1) * m)

@@ -373,6 +373,12 @@ class Method(nn.Module):
         """``[k, B]`` log p(x, z_i) - log q(z_i | x) for k posterior samples (IWAE), if supported."""
         raise NotImplementedError(f"method {self.name} has no importance-weighted bound")
 
+    def estimand(self) -> str:
+        """What the gradient of :meth:`loss` estimates, for ``relaxrun-gradcheck``: ``"elbo"`` (the default:
+        the discrete negative ELBO, or E_q[f] alone on gradcheck's expectation problems) or ``"iwae-<k>"``
+        (the k-sample importance-weighted negative bound of the discrete model, VIMCO's objective)."""
+        return "elbo"
+
     def discrete_law(self, params: torch.Tensor, tau: float) -> DiscreteLaw:
         """The discrete latent model this method's estimator stands in for, if one can be enumerated.
 

@@ -35,6 +35,7 @@ Reported bound (``metric_kind = "discrete"``): one hard draw, -log p(x | b) + an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,16 +55,15 @@ CENTER_DECAY = 0.9
 
 
 @dataclass
-class ReinforceConfig(MethodConfig):
-    """Options of ``method=reinforce``; defaults and their meaning in ``configs/method/reinforce.yaml``."""
+class ScoreFunctionConfig(MethodConfig):
+    """Options of the score-function methods (``reinforce``, ``vimco``): the latent family and the number
+    of draws per input."""
 
     latent: str = MISSING
     latent_dim: int = MISSING
     categories: int = MISSING
     prior_probs: float = MISSING
     samples: int = MISSING
-    baseline: str = MISSING
-    baseline_lr: float = MISSING
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,6 +73,17 @@ class ReinforceConfig(MethodConfig):
         require(isinstance(self.prior_probs, (int, float)) and 0 < self.prior_probs < 1, "method.prior_probs",
                 "a number in (0, 1)", self.prior_probs)
         at_least("method.samples", self.samples, 1)
+
+
+@dataclass
+class ReinforceConfig(ScoreFunctionConfig):
+    """Options of ``method=reinforce``; defaults and their meaning in ``configs/method/reinforce.yaml``."""
+
+    baseline: str = MISSING
+    baseline_lr: float = MISSING
+
+    def __post_init__(self):
+        super().__post_init__()
         one_of("method.baseline", self.baseline, BASELINES)
         if self.baseline == "loo" and self.samples < 2:
             raise ConfigError(f"method.baseline=loo needs method.samples >= 2 (the baseline of a draw is the mean "
@@ -81,26 +92,18 @@ class ReinforceConfig(MethodConfig):
         positive("method.baseline_lr", self.baseline_lr)
 
 
-@register("reinforce")
-class ReinforceMethod(Method):
-    """Score-function estimator with a leave-one-out, learned or no baseline; see the module docstring."""
+class ScoreFunctionMethod(Method):
+    """Shared parts of the score-function methods: ``samples`` hard draws per input from a Bernoulli or a
+    categorical family (``latent``), their log q (with gradient) and log prior, and everything else
+    (sizes, bound, prior samples, reconstructions, IWAE weights) delegated to the family."""
 
-    Config = ReinforceConfig
     metric_kind = "discrete"
 
-    def __init__(self, cfg: ReinforceConfig, temperature=None):
+    def __init__(self, cfg: ScoreFunctionConfig, temperature=None):
         super().__init__(cfg, temperature)
         family = BernoulliLatentMethod if cfg.latent == "bernoulli" else CategoricalLatentMethod
         #: the latent family (no parameters): sizes, bound, prior samples, reconstructions, IWAE weights
         self.family = family(cfg, self.temperature)
-        self.baseline_net: nn.Linear | None = None
-        if cfg.baseline == "learned":
-            self.baseline_net = nn.Linear(PIXELS, 1)
-            nn.init.zeros_(self.baseline_net.weight)
-            nn.init.zeros_(self.baseline_net.bias)
-            # running mean of f (bias-corrected: ``center_sum / center_weight``), checkpointed with the model
-            self.register_buffer("center_sum", torch.zeros(()))
-            self.register_buffer("center_weight", torch.zeros(()))
 
     # sizes and the latent family ----------------------------------------------------------------
     @property
@@ -140,12 +143,6 @@ class ReinforceMethod(Method):
     def iwae_log_weights(self, params, decode, x, tau, k):
         return self.family.iwae_log_weights(params, decode, x, tau, k)
 
-    # the estimator ------------------------------------------------------------------------------
-    def score_term(self, advantage: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        """Per-example surrogate ``[B]`` whose gradient is the score-function estimate: the mean over the
-        M draws of ``advantage * log_q`` (both ``[M, B]``, ``advantage`` without gradient)."""
-        return (advantage * log_q).mean(0)
-
     def _draws(self, params: torch.Tensor):
         """M hard draws: (decoder inputs ``[M, B, latent_dim]``, log q of each ``[M, B]``, KL ``[B]``)."""
         m = self.cfg.samples
@@ -159,6 +156,38 @@ class ReinforceMethod(Method):
             b = torch.bernoulli(torch.sigmoid(params.detach()).expand(m, *params.shape))
         log_q = (b * F.logsigmoid(params) + (1 - b) * F.logsigmoid(-params)).sum(-1)
         return b, log_q, self.family.exact_kl(params)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of decoder inputs ``[..., latent_dim]`` (0/1 units or flattened one-hots) under the prior."""
+        if self.categorical:
+            n, k = self.cfg.latent_dim, self.cfg.categories
+            return z.new_full(z.shape[:-1], -n * math.log(k))
+        lp = torch.tensor(self.family.prior_logits, dtype=z.dtype, device=z.device)
+        return (z * F.logsigmoid(lp) + (1 - z) * F.logsigmoid(-lp)).sum(-1)
+
+
+@register("reinforce")
+class ReinforceMethod(ScoreFunctionMethod):
+    """Score-function estimator with a leave-one-out, learned or no baseline; see the module docstring."""
+
+    Config = ReinforceConfig
+
+    def __init__(self, cfg: ReinforceConfig, temperature=None):
+        super().__init__(cfg, temperature)
+        self.baseline_net: nn.Linear | None = None
+        if cfg.baseline == "learned":
+            self.baseline_net = nn.Linear(PIXELS, 1)
+            nn.init.zeros_(self.baseline_net.weight)
+            nn.init.zeros_(self.baseline_net.bias)
+            # running mean of f (bias-corrected: ``center_sum / center_weight``), checkpointed with the model
+            self.register_buffer("center_sum", torch.zeros(()))
+            self.register_buffer("center_weight", torch.zeros(()))
+
+    # the estimator ------------------------------------------------------------------------------
+    def score_term(self, advantage: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """Per-example surrogate ``[B]`` whose gradient is the score-function estimate: the mean over the
+        M draws of ``advantage * log_q`` (both ``[M, B]``, ``advantage`` without gradient)."""
+        return (advantage * log_q).mean(0)
 
     def _baseline(self, f: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(baseline ``[M, B]`` without gradient, the learned baseline's prediction ``[B]`` with gradient or None)."""
