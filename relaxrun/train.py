@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -72,7 +73,7 @@ class StepLog:
     """The loop's per-step bookkeeping, without host syncs between log points.
 
     ``record`` stacks a step's loss, mean recon, mean KL and the method's ``extras`` on the device,
-    adds them to the running and the epoch sums, logs ``train/tau`` when it changes and, every
+    adds them to the running and the epoch sums, logs ``train/tau`` (at log steps) when it changes and, every
     ``log_every`` steps (and at the last step), copies the running mean to the host once and writes
     ``train/loss|recon|kl``, ``method/<key>`` and ``train/lr``. ``check(avg, step)`` sees the mean
     (loss, recon, kl) first and may raise.
@@ -91,9 +92,10 @@ class StepLog:
         self.epoch_sum = torch.tensor(epoch_sum, device=device)
         self.run_sum, self.run_n = None, 0
 
-    def record(self, terms, step: int, tau: float) -> list[float] | None:
+    def record(self, terms, step: int, tau: float | Callable[[], float]) -> list[float] | None:
         """Account the terms of the step that made ``step`` steps done; the host copy of the running
-        mean if this step wrote it, else None."""
+        mean if this step wrote it, else None. ``tau`` (a number, or a function giving it, called only
+        at the first step and at log steps) is written as ``train/tau`` when it has changed."""
         if self.keys is None:
             self.keys = list(terms.extras)
         parts = torch.stack([terms.loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean(),
@@ -101,10 +103,13 @@ class StepLog:
         self.run_sum = parts if self.run_sum is None else self.run_sum + parts
         self.epoch_sum += parts[:3]
         self.run_n += 1
-        if tau != self.last_tau:
-            self.writer.add_scalar("train/tau", tau, step)
-            self.last_tau = tau
-        if step % self.log_every and step != self.total_steps:
+        log_now = not (step % self.log_every and step != self.total_steps)
+        if log_now or self.last_tau is None:
+            value = tau() if callable(tau) else tau
+            if value != self.last_tau:
+                self.writer.add_scalar("train/tau", value, step)
+                self.last_tau = value
+        if not log_now:
             return None
         avg = (self.run_sum / self.run_n).tolist()  # one host sync per log interval, not per step
         self.check(avg[:3], step)
@@ -203,10 +208,10 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
                         writer.add_scalar(f"grad/{k}", v, step)
                 terms = s.step(x, step)
                 step += 1
-                tau = method.tau
-                avg = scalars.record(terms, step, tau)
+                # tau is read only when logged: a learned temperature (REBAR) is a device scalar
+                avg = scalars.record(terms, step, lambda: method.tau)
                 if avg is not None:
-                    bar.set_postfix(loss=f"{avg[0]:.2f}", tau=f"{tau:.3g}")
+                    bar.set_postfix(loss=f"{avg[0]:.2f}", tau=f"{method.tau:.3g}")
                 st.update(step=step, batch=i + 1, epoch_n=st["epoch_n"] + 1)
                 bar.update(1)
                 if stop_signal:
@@ -223,6 +228,7 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
             finished_epoch = st["batch"] >= steps_per_epoch
             st["elapsed"] += time.perf_counter() - t_epoch
             train_avg = (scalars.epoch_sum / max(st["epoch_n"], 1)).tolist()
+            tau = method.tau
             _check_finite(train_avg, step, mcfg.name, ckpt_path, model, method)
             test = evaluate(model, method, data.test, tr.eval_batch_size, seed=run.data.eval_seed)
             record = {"epoch": st["epoch"] + 1, "step": step, "tau": tau, "train_objective": train_avg[0],
@@ -253,7 +259,7 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
                 log.info("early stopping: validation -ELBO has not improved for %d epochs", st["bad_epochs"])
                 break
         bar.close()
-        return _finish(s, st, step, tau, writer, resolved, run_dir)
+        return _finish(s, st, step, method.tau, writer, resolved, run_dir)
     finally:
         bar.close()
         _restore_signal_handlers(handlers)
@@ -271,6 +277,7 @@ def _finish(s: Setup, st: dict, step: int, tau: float, writer, resolved: dict, r
         "test_neg_elbo": final.get("test_neg_elbo"),
         "test_neg_elbo_kind": method.metric_kind,
         "test_relaxed_objective": final.get("test_relaxed_objective"),
+        "test_relaxed_objective_kind": method.objective_kind(),
         "train_objective": final.get("train_objective"),
         "epochs": epochs_done, "steps": step, "tau": tau,
         "seconds": st["elapsed"], "seconds_per_epoch": st["elapsed"] / max(epochs_done, 1),

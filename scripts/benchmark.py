@@ -84,7 +84,7 @@ from relaxrun.methods.base import _no_phase  # noqa: E402
 from relaxrun.models import build_model  # noqa: E402
 from relaxrun.train import Interrupted, StepLog, build, build_optimizer, pick_device, train  # noqa: E402
 
-SECTIONS = ("throughput", "against", "breakdown", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
+SECTIONS = ("throughput", "against", "breakdown", "methods", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
 
 CONFIGS = {
     "default": {
@@ -476,13 +476,13 @@ class InstrumentedLoop:
     bookkeeping and the log every trainer.log_every steps). Only the batch iteration is driven from
     here (``Data.batches`` + ``Data.train_batch``, as train() calls them)."""
 
-    def __init__(self, ctx: Context, key: str):
+    def __init__(self, ctx: Context, key: str, extra: list[str] = (), data=None):
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg = ctx.compose(CONFIGS[key]["overrides"])
+        cfg = ctx.compose(CONFIGS[key]["overrides"] + list(extra))
         self.run, self.mcfg = validate(cfg)
         self.device = ctx.device
-        self.setup = build(self.run, self.mcfg, self.device)
+        self.setup = build(self.run, self.mcfg, self.device, data=data)
         self.model, self.method = self.setup.model, self.setup.method
         self.optimizer = self.setup.tools.optimizers["main"]
         self.writer = SummaryWriter(str(ctx.tmpdir("tb-")))
@@ -532,7 +532,7 @@ class InstrumentedLoop:
                     phase("data")
                     terms = s.step(x, self.step)
                     self.step += 1
-                    self.log.record(terms, self.step, self.method.tau)
+                    self.log.record(terms, self.step, lambda: self.method.tau)
                     phase("logging")
                     prev = t0
                     for name, at in marks:  # a method with several backward/optimizer parts adds them up
@@ -662,6 +662,48 @@ def gemm_peak(ctx: Context, n: int = 1024) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# 2b. every method's training step on the default model
+# ------------------------------------------------------------------------------------------------
+
+#: where a method's step spends more than the default's (decoder passes per input, extra backward passes)
+STEP_NOTES = {
+    "reinforce": "`samples=2` hard draws per input, each decoded: 2 decoder passes forward and back",
+    "vimco": "`samples=2` draws per input, each decoded (2 decoder passes), plus the k x k leave-one-out bounds",
+    "arm": "the antithetic pair b, b~: 2 decoder passes per input",
+    "disarm": "the antithetic pair b, b~: 2 decoder passes per input",
+    "rebar": "3 decoder passes per input (f(b), f(sigma(z)), f(sigma(z~))) and a second, double backward "
+             "pass through them for the variance gradient of the temperature and eta",
+    "relax": "as rebar, plus the control-variate MLP at z and z~ and its parameters in the double backward",
+    "gumbel_topk": "`kl_samples=8` hard top-k draws per input for the score-function KL",
+    "correlated_bernoulli": "the 200 x 200 Gaussian-copula factor per batch",
+}
+
+
+def bench_methods(ctx: Context) -> dict:
+    """ms per training step of every registered method at its default options on the default model
+    and batch (``Setup.step`` + the loop's StepLog, as section 2 times it), interleaved."""
+    n = ctx.args.method_steps
+    loops, skipped, data = {}, {}, None
+    for name in available_methods():
+        try:
+            loops[name] = InstrumentedLoop(ctx, "default", [f"method={name}"], data=data)
+            data = loops[name].data
+        except Exception as err:  # noqa: BLE001 - a method being written must not sink the suite
+            skipped[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    figs = measure({name: (lambda lp=lp: lp.steps(n)) for name, lp in loops.items()}, ctx.args.repeats,
+                   ctx.args.warmup)
+    out = {}
+    for name, lp in loops.items():
+        lp.close()
+        out[name] = {"latent": lp.method.latent_type, "param_dim": lp.method.param_dim,
+                     "phases": {k.split("/", 1)[1]: v for k, v in figs.items() if k.startswith(f"{name}/")}}
+    ref = out.get("gumbel_softmax", {}).get("phases", {}).get("total_ms", {}).get("median")
+    for m in out.values():
+        m["vs_gumbel_softmax"] = m["phases"]["total_ms"]["median"] / ref if ref else None
+    return {"steps": n, "methods": out, "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------------
 # 3. distribution kernels
 # ------------------------------------------------------------------------------------------------
 
@@ -676,7 +718,8 @@ def method_kernel_case(name: str):
     try:
         cls = get_method_class(name)
         fields = {f.name for f in dataclasses.fields(cls.Config)}
-        if "categories" in fields:
+        # categorical sizes for a categorical method, or one whose default `latent` option is categorical
+        if "categories" in fields and getattr(method_options(name), "latent", "categorical") == "categorical":
             kwargs = {"latent_dim": CATEGORICAL[0], "categories": CATEGORICAL[1]}
             size = f"{KERNEL_BATCH} x {CATEGORICAL[0]}x{CATEGORICAL[1]}"
         elif "latent_dim" in fields:
@@ -1163,7 +1206,7 @@ def render(res: dict) -> str:
     L += ["Generated by `scripts/benchmark.py`; do not edit by hand. Reproduce from the repository root:", "",
           f"    {res['command']}", ""]
     worst = res.get("max_other_cores")
-    full = {"repeats": 5, "warmup": 1, "steps": 0, "breakdown_steps": 300, "kernel_calls": 200, "sweep_steps": 300,
+    full = {"repeats": 5, "warmup": 1, "steps": 0, "breakdown_steps": 300, "kernel_calls": 200, "method_steps": 40, "sweep_steps": 300,
             "rss_steps": 200, "threads_steps": 200, "optimizer_steps": 100, "denormal_warmup": 900,
             "compile_epochs": 6, "threads": 0}
     reduced = [f"--{k.replace('_', '-')} {a[k]}" for k, v in full.items() if k in a and a[k] != v]
@@ -1313,6 +1356,28 @@ def render(res: dict) -> str:
             ok = None if a["smoke"] else share < TARGETS["data_share"]
             targets.append([f"data work < {100 * TARGETS['data_share']:.0f} % of step time (default config)",
                             f"{100 * share:.1f} %", verdict(ok)])
+
+    ms = res.get("methods")
+    if ms:
+        L += ["## 2b. Every method's training step", ""]
+        L += [f"ms per training step of each registered method at its default options (its YAML) on the "
+              f"default model and batch (MLP 784-512-256, batch 100, real step: `Setup.step` with the "
+              f"method's own `training_step` and optimizers, plus the loop's `StepLog`), {ms['steps']} steps "
+              f"per repeat, all methods interleaved. Forward / backward / optimizer are the method's own "
+              f"phases (a method with several backward or optimizer parts adds them up); the ratio is to "
+              f"gumbel_softmax, the default method.", ""]
+        rows = []
+        for name, mm in sorted(ms["methods"].items(), key=lambda kv: kv[1]["phases"]["total_ms"]["median"]):
+            ph = mm["phases"]
+            rows.append([f"`{name}`", f"{mm['latent']} ({mm['param_dim']})"] + fig_cells(ph["total_ms"])[:4]
+                        + [f"{ph[f'{k}_ms']['median']:.2f}" for k in ("forward", "backward", "optimizer")]
+                        + [f"{mm['vs_gumbel_softmax']:.2f}x" if mm["vs_gumbel_softmax"] else "-",
+                           STEP_NOTES.get(name, "")])
+        L += table(["method", "latent (encoder outputs)", "ms/step median", "min", "max", "n", "forward ms",
+                    "backward ms", "optimizer ms", "vs gumbel_softmax", "where the extra time goes"], rows)
+        for name, why in ms["skipped"].items():
+            L += [f"* `{name}` skipped: {why}"]
+        L += [""]
 
     kr = res.get("kernels")
     if kr:
@@ -1540,6 +1605,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None,
                    help="throughput: time this many steps and extrapolate to an epoch (default 0 = whole epochs)")
     p.add_argument("--breakdown-steps", type=int, default=None, help="steps per repeat in the breakdown (300)")
+    p.add_argument("--method-steps", type=int, default=None,
+                   help="training steps per repeat of each method in section 2b (40)")
     p.add_argument("--kernel-calls", type=int, default=None, help="calls per repeat of each kernel (200)")
     p.add_argument("--sweep-steps", type=int, default=None, help="trainer.max_steps of each sweep job (300)")
     p.add_argument("--sweep-warmup", type=int, default=None, help="untimed sweeps per launcher (default 0)")
@@ -1558,7 +1625,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     smoke = args.smoke
     defaults = {"repeats": (5, 1), "warmup": (1, 0), "steps": (0, 0), "breakdown_steps": (300, 5),
-                "kernel_calls": (200, 3), "sweep_steps": (300, 2), "sweep_warmup": (0, 0), "rss_steps": (200, 2),
+                "kernel_calls": (200, 3), "method_steps": (40, 2), "sweep_steps": (300, 2), "sweep_warmup": (0, 0), "rss_steps": (200, 2),
                 "threads_steps": (200, 2), "optimizer_steps": (100, 3), "denormal_warmup": (900, 3), "compile_epochs": (6, 0)}
     for k, (full, small) in defaults.items():
         if getattr(args, k) is None:
@@ -1640,6 +1707,8 @@ def main(argv=None) -> int:
                     res[section] = bench_against(ctx)
                 elif section == "breakdown":
                     res[section] = bench_breakdown(ctx, res.get("throughput"))
+                elif section == "methods":
+                    res[section] = bench_methods(ctx)
                 elif section == "kernels":
                     res[section] = bench_kernels(ctx)
                 elif section == "sweep":

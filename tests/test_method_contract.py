@@ -28,7 +28,8 @@ register_configs()
 
 LATENT_DIM, CATEGORIES = 6, 4
 #: option variants on another code path than the defaults: "name:key=value:..."
-VARIANTS = ["reinforce:baseline=learned", "reinforce:latent=categorical", "gumbel_softmax:hard=true"]
+VARIANTS = ["reinforce:baseline=learned", "reinforce:latent=categorical", "gumbel_softmax:hard=true",
+            "vimco:latent=categorical"]
 SPECS = available_methods() + VARIANTS
 
 

@@ -373,6 +373,11 @@ class Method(nn.Module):
         """``[k, B]`` log p(x, z_i) - log q(z_i | x) for k posterior samples (IWAE), if supported."""
         raise NotImplementedError(f"method {self.name} has no importance-weighted bound")
 
+    def objective_kind(self) -> str:
+        """What :meth:`relaxed` is (``test_relaxed_objective_kind`` in metrics.json): by default
+        ``"training-loss"``, the method's training objective on evaluation data; VIMCO: ``"iwae-<k>"``."""
+        return "training-loss"
+
     def estimand(self) -> str:
         """What the gradient of :meth:`loss` estimates, for ``relaxrun-gradcheck``: ``"elbo"`` (the default:
         the discrete negative ELBO, or E_q[f] alone on gradcheck's expectation problems) or ``"iwae-<k>"``
