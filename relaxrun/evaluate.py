@@ -56,7 +56,7 @@ def iwae_bound(model: VAE, method: Method, x: torch.Tensor, k: int, batch_size: 
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    with seeded(seed, x.device):
+    with seeded(seed, x.device), torch.no_grad():  # forward only: no autograd graph of k decoder passes
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
             params = model.encoder(xb)

@@ -22,10 +22,11 @@ def test_every_method_config_has_a_registered_method_and_back():
 
 @pytest.mark.parametrize("method", group_options("method"))
 def test_top_level_tau_reaches_every_method(method):
-    cfg = composed(f"method={method}", "tau=0.37")
+    tau = 1.37 if method == "reinmax" else 0.37  # ReinMax's temperature must be >= 1
+    cfg = composed(f"method={method}", f"tau={tau}")
     run, mcfg = validate(cfg)
-    assert mcfg.tau == pytest.approx(0.37) and mcfg.name == method
-    assert OmegaConf.select(cfg, "method.tau") == pytest.approx(0.37)
+    assert mcfg.tau == pytest.approx(tau) and mcfg.name == method
+    assert OmegaConf.select(cfg, "method.tau") == pytest.approx(tau)
 
 
 @pytest.mark.parametrize("override,key", [

@@ -120,17 +120,20 @@ def _hook_cases():
         cases.append((name, {}))
     cases.append(("hard_concrete", {"l": -0.3, "r": 1.1}))  # asymmetric stretch: P(z > 1/2) != sigmoid(log_alpha)
     cases.append(("stochastic_gates", {"sigma": 0.3}))
+    cases.append(("generalized_gumbel", {"family": "binomial", "trials": 5}))  # a count law of another family
     return cases
 
 
 @pytest.mark.parametrize("name,overrides", _hook_cases(), ids=lambda v: str(v) if v else "")
 def test_discrete_law_is_the_law_of_the_hard_decoder_input(name, overrides):
-    """round(z) (Bernoulli) / argmax (categorical) of ``reconstruct_input`` samples has the hook's law.
-    Two-sided z-tests, Bonferroni over coordinates, overall false-alarm rate 1e-3."""
+    """round(z) (Bernoulli) / argmax (categorical) / the support point (count) of ``reconstruct_input``
+    samples has the hook's law. Two-sided z-tests, Bonferroni over coordinates, overall false-alarm
+    rate 1e-3. (Count laws get a small support, so that no point's probability is too small for a z-test.)"""
     torch.manual_seed(1)
     cls = get_method_class(name)
     fields = {f for f in cls.Config.__dataclass_fields__}
-    cfg = {"latent_dim": 3, **overrides, **({"categories": 4} if "categories" in fields else {})}
+    cfg = {"latent_dim": 3, **overrides, **({"categories": 4} if "categories" in fields else {}),
+           **({"support_size": 4} if "support_size" in fields else {})}
     m = cls(method_options(name, **cfg)).to(DT)
     tau = 0.5
     params = 1.2 * torch.randn(2, m.param_dim, dtype=DT)
@@ -140,6 +143,13 @@ def test_discrete_law_is_the_law_of_the_hard_decoder_input(name, overrides):
     if law.kind == "bernoulli":
         freq = z.round().mean(0)
         p = torch.sigmoid(law.logits)
+    elif law.kind == "count":
+        k = law.logits.shape[-1]
+        values = torch.arange(k, dtype=DT) if law.values is None else law.values
+        hit = z.unsqueeze(-1) == values  # [n, 2, N, K]: which support point each sample is
+        assert bool((hit.sum(-1) == 1).all())
+        freq = hit.to(DT).mean(0)
+        p = torch.softmax(law.logits, -1)
     else:
         k = law.logits.shape[-1]
         freq = F.one_hot(z.reshape(n, 2, -1, k).argmax(-1), k).to(DT).mean(0)

@@ -29,7 +29,7 @@ register_configs()
 LATENT_DIM, CATEGORIES = 6, 4
 #: option variants on another code path than the defaults: "name:key=value:..."
 VARIANTS = ["reinforce:baseline=learned", "reinforce:latent=categorical", "gumbel_softmax:hard=true",
-            "vimco:latent=categorical"]
+            "vimco:latent=categorical", "gst:gap_rule=p", "decoupled_st:tau_forward=2.0"]
 SPECS = available_methods() + VARIANTS
 
 

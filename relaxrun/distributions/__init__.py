@@ -2,8 +2,10 @@
 
 from .binary_concrete import RelaxedBernoulli
 from .concrete import GumbelSoftmax
+from .conditional_gumbel import conditional_gumbel, conditional_perturbed_logits
 from .correlated_bernoulli import (CorrelatedRelaxedBernoulli, correlation_cholesky_from_params, equicorrelation,
                                    identity_correlation, num_correlation_params)
+from .generalized_gumbel import GeneralizedGumbelSoftmax, discrete_kl, geometric_support_size, poisson_support_size
 from .gumbel import gumbel_max_one_hot, sample_gumbel
 from .gumbel_topk import GumbelTopK, PlackettLuce, plackett_luce_log_prob, relaxed_topk, topk_khot
 from .hard_concrete import HardConcrete
@@ -19,4 +21,6 @@ __all__ = [
     "correlation_cholesky_from_params", "num_correlation_params", "InvertibleGaussian", "GumbelTopK",
     "PlackettLuce", "plackett_luce_log_prob", "relaxed_topk", "topk_khot", "LogisticNormalSoftmax",
     "dirichlet_to_logistic_normal", "logistic_normal_to_dirichlet", "sample_gumbel", "gumbel_max_one_hot",
+    "conditional_gumbel", "conditional_perturbed_logits", "GeneralizedGumbelSoftmax", "discrete_kl",
+    "poisson_support_size", "geometric_support_size",
 ]

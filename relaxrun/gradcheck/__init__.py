@@ -1,7 +1,7 @@
 r"""``relaxrun-gradcheck``: every method's gradient bias and variance against exact enumeration.
 
 For a method with an enumerable discrete counterpart (:meth:`Method.discrete_law`, a product of
-Bernoulli or categorical laws) and a small problem -- a fixed "decoder" ``decode(z)`` and a fixed
+Bernoulli, categorical or count laws) and a small problem -- a fixed "decoder" ``decode(z)`` and a fixed
 batch ``x`` giving f(z) = -log p(x | z) = ``bernoulli_nll(decode(z), x)`` -- gradcheck compares
 
 * the method's real training estimator: the gradient w.r.t. the encoder output ``params`` of
@@ -10,6 +10,11 @@ batch ``x`` giving f(z) = -log p(x | z) = ``bernoulli_nll(decode(z), x)`` -- gra
 * the exact gradient of the discrete objective: L(params) = mean over the batch of
   sum_b q(b | params) f(b) (+ KL(q || prior) for ``elbo``), summed over all 2^D / K^N
   configurations b and differentiated by autograd.
+
+Latent kinds: ``bernoulli`` (the decoder sees b in {0, 1}^D), ``categorical`` (the flattened one-hot
+of N K-way variables) and ``count`` (N variables over K support values, by default the counts
+0..K-1; the decoder sees the N values themselves, e.g. ``generalized_gumbel``). Every problem has a
+version for each kind; a method runs on the version of its law's kind.
 
 Problems (``--problems``; :mod:`.problems`):
 
@@ -24,6 +29,11 @@ Problems (``--problems``; :mod:`.problems`):
   it, encoder outputs params ~ N(0, 1.5^2); D = 10 Bernoulli units (1024 configurations) or 3 x 4
   categorical (64); objective ``elbo``, the whole discrete negative ELBO with the method's prior:
   methods that estimate the KL (relaxed or mixed-latent KL) are judged on it too.
+* count versions (decoder inputs: the N count values; the method is built with support_size = K):
+  ``toy`` N = 1, K = 4 and ``toy_vector`` N = 5, K = 4 (1024 configurations, params = linspace(-2.5,
+  2.5)), f(c) = sum_n (c_n - t)^2 + const with t = 0.499 (K - 1), the Bernoulli target rescaled to
+  0..K-1 (just below its middle); ``vae`` N = 3, K = 4 (64 configurations), the MLP decoder of 3
+  inputs applied to c / (K - 1), x drawn from it at uniform counts, params ~ N(0, 1.5^2).
 
 The exact objective and gradient are in :mod:`.enumeration`. Statistics (:mod:`.statistics`) over
 the S gradient draws g_s (flattened, n = batch x param_dim coordinates), with g* the exact gradient
@@ -59,13 +69,13 @@ from .calibration import REF_NAME, REF_NAMES, REF_SAMPLES, REF_SCALE, REF_SCALED
     build_reference, calibration_failures
 from .cli import DEFAULT_TAUS, DEFAULT_VARIANTS, Spec, _console, build, law_kind, main, run
 from .enumeration import enumerate_configs, exact_gradient, exact_objective
-from .problems import (BERNOULLI_UNITS, CATEGORICAL_SHAPE, PROBLEMS, TOY_OFFSET, TOY_TARGET, VAE_BATCH, VAE_HIDDEN,
-                       VAE_PIXELS, Problem, make_problem, mlp_decoder, toy_decoder)
+from .problems import (BERNOULLI_UNITS, CATEGORICAL_SHAPE, COUNT_SHAPES, KINDS, PROBLEMS, TOY_OFFSET, TOY_TARGET,
+                       VAE_BATCH, VAE_HIDDEN, VAE_PIXELS, Problem, make_problem, mlp_decoder, toy_decoder)
 from .report import COLUMNS, markdown_table, plot, text_table, update_doc, write_csv
 from .statistics import check_row, estimator_draws, expectation_is_isolated, gradient_stats
 
 __all__ = [
-    "BERNOULLI_UNITS", "CATEGORICAL_SHAPE", "COLUMNS", "DEFAULT_TAUS", "DEFAULT_VARIANTS", "PROBLEMS", "REF_NAME",
+    "BERNOULLI_UNITS", "CATEGORICAL_SHAPE", "COLUMNS", "COUNT_SHAPES", "KINDS", "DEFAULT_TAUS", "DEFAULT_VARIANTS", "PROBLEMS", "REF_NAME",
     "REF_NAMES", "REF_SAMPLES", "REF_SCALE", "REF_SCALED_NAME", "TOY_OFFSET", "TOY_TARGET", "VAE_BATCH", "VAE_HIDDEN",
     "VAE_PIXELS", "Problem", "ScaledReinforce", "Spec", "build", "build_reference", "calibration_failures",
     "check_row", "enumerate_configs", "estimator_draws", "exact_gradient", "exact_objective",

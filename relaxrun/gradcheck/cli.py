@@ -19,15 +19,15 @@ from ..config import method_options
 from ..methods import available_methods, get_method_class
 from ..methods.base import Method
 from .calibration import REF_NAME, REF_NAMES, REF_SCALED_NAME, build_reference, calibration_failures
-from .problems import PROBLEMS, make_problem
+from .problems import KINDS, PROBLEMS, make_problem
 from .report import markdown_table, plot, text_table, update_doc, write_csv
 from .enumeration import row_objective
 from .statistics import _uses_tau, check_row, expectation_is_isolated
 
 DEFAULT_TAUS = (0.1, 0.5, 1.0)
 DEFAULT_VARIANTS = ("relaxed_bernoulli:hard=true", "gumbel_softmax:hard=true", "gumbel_topk:subset_size=1",
-                    "reinforce:latent=categorical", "vimco:latent=categorical", "rebar:trained=300",
-                    "relax:trained=300")
+                    "reinforce:latent=categorical", "reinforce:samples=3", "vimco:latent=categorical", "rebar:trained=300",
+                    "relax:trained=300", "gumbel_rao:samples=1", "reinmax:tau=2.0", "gst:gap_rule=p")
 
 
 @dataclass
@@ -59,7 +59,8 @@ class Spec:
 
 
 def build(spec: Spec, problem_kind: str, shape: tuple[int, ...], dtype) -> Method:
-    """The method of ``spec`` sized for a problem: latent_dim = D, or latent_dim = N, categories = K.
+    """The method of ``spec`` sized for a problem: latent_dim = D; or latent_dim = N, categories = K
+    (categorical); or latent_dim = N, support_size = K (count, for a method with that option).
 
     The options are the method's YAML defaults (:func:`relaxrun.config.method_options`), then the
     spec's overrides, then the problem's sizes. A method whose ``latent`` option switches family
@@ -76,6 +77,8 @@ def build(spec: Spec, problem_kind: str, shape: tuple[int, ...], dtype) -> Metho
     values["latent_dim"] = shape[0]
     if problem_kind == "categorical" and "categories" in fields:
         values["categories"] = shape[1]
+    if problem_kind == "count" and "support_size" in fields:
+        values["support_size"] = shape[1]
     return cls(_options(cls, spec.name, {k: v for k, v in values.items() if k in fields})).to(dtype)
 
 
@@ -93,7 +96,8 @@ def _options(cls: type[Method], name: str, values: dict):
 
 
 def law_kind(spec: Spec, dtype=torch.float64) -> str:
-    """"bernoulli" or "categorical"; raises NotImplementedError (the reason) when there is none."""
+    """The kind of the method's :meth:`~relaxrun.methods.base.Method.discrete_law`: "bernoulli",
+    "categorical" or "count"; raises NotImplementedError (the reason) when there is none."""
     if spec.name in REF_NAMES:
         return "bernoulli"
     m = build(spec, "bernoulli", (3,), dtype)
@@ -111,7 +115,7 @@ def run(specs: list[Spec], problems: list[str], taus: list[float], samples: int,
         except NotImplementedError as err:
             kinds[spec.label] = err
     for pname in problems:
-        probs = {k: make_problem(pname, k, seed, dtype) for k in ("bernoulli", "categorical")}
+        probs = {k: make_problem(pname, k, seed, dtype) for k in KINDS}
         for spec in specs:
             kind = kinds[spec.label]
             base = {"problem": pname, "method": spec.label}
@@ -145,6 +149,9 @@ def run(specs: list[Spec], problems: list[str], taus: list[float], samples: int,
                         f"rel_err={st['rel_err']:.3g} ({time.perf_counter() - t0:.2f}s)")
             except NotImplementedError as err:
                 rows.append({**base, "status": "skipped", "reason": _reason(err), "tau": ""})
+            except ConfigError as err:  # the spec's options do not admit the problem's sizes
+                rows.append({**base, "status": "skipped", "tau": "",
+                             "reason": f"not sized for this problem ({_reason(err)})"})
     return rows
 
 

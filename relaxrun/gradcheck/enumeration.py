@@ -11,16 +11,39 @@ from ..methods.base import DiscreteLaw, Method, bernoulli_kl, bernoulli_nll
 from .problems import Problem
 
 
-def enumerate_configs(kind: str, shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
-    """All configurations as decoder inputs: ``[2^D, D]`` 0/1 rows, or ``[K^N, N*K]`` flattened one-hots."""
+def enumerate_configs(kind: str, shape: tuple[int, ...], dtype=torch.float64, values=None) -> torch.Tensor:
+    """All configurations as decoder inputs: ``[2^D, D]`` 0/1 rows (``shape = (D,)``), ``[K^N, N*K]``
+    flattened one-hots (categorical, ``shape = (N, K)``), or ``[K^N, N]`` value vectors (count,
+    ``shape = (N, K)``; unit n's value is ``values[..., n, k]`` of its digit k, ``values`` ``[K]`` or
+    ``[N, K]``, default the counts 0..K-1). Configuration m has digit ``(m // K^n) % K`` in unit n."""
     if kind == "bernoulli":
         (d,) = shape
         codes = torch.arange(2 ** d)
         return ((codes[:, None] >> torch.arange(d)) & 1).to(dtype)
     n, k = shape
+    digits = _digits(n, k)
+    if kind == "categorical":
+        return F.one_hot(digits, k).to(dtype).flatten(-2)
+    if kind == "count":
+        return _count_values(values, n, k, dtype)[torch.arange(n), digits]
+    raise ValueError(f"unknown discrete law kind {kind!r}")
+
+
+def _digits(n: int, k: int) -> torch.Tensor:
+    """``[K^N, N]`` long: the base-K digits of every configuration index, least significant first."""
     codes = torch.arange(k ** n)
-    digits = (codes[:, None] // (k ** torch.arange(n))) % k
-    return F.one_hot(digits, k).to(dtype).flatten(-2)
+    return (codes[:, None] // (k ** torch.arange(n))) % k
+
+
+def _count_values(values, n: int, k: int, dtype, device=None) -> torch.Tensor:
+    """``[N, K]`` support values of a count law (``values`` ``[K]`` / ``[N, K]``, or None: 0..K-1)."""
+    if values is None:
+        return torch.arange(k, dtype=dtype, device=device).expand(n, k)
+    v = torch.as_tensor(values, dtype=dtype, device=device)
+    if v.shape not in ((k,), (n, k)):
+        raise ValueError(f"count law: values must have shape ({k},) or ({n}, {k}) (the K support values, shared "
+                         f"or per unit); got {tuple(v.shape)}")
+    return v.expand(n, k)
 
 
 #: the most k-tuples of configurations the k-sample objective is enumerated over (M^k <= this)
@@ -35,7 +58,10 @@ def iwae_samples(objective: str) -> int | None:
 
 
 def _enumerated(law: DiscreteLaw):
-    """(configurations ``[M, latent_dim]``, log q ``[B, M]``, log prior ``[M]`` or ``[B, M]``, KL(q || prior) ``[B]``)."""
+    """(configurations ``[M, latent_dim]``, log q ``[B, M]``, log prior ``[M]`` or ``[B, M]``, KL(q || prior) ``[B]``).
+
+    The configurations are the decoder inputs: 0/1 rows (bernoulli), flattened one-hots (categorical)
+    or value vectors (count: the N values, :attr:`DiscreteLaw.values` or the counts 0..K-1)."""
     logits = law.logits
     if law.kind == "bernoulli":
         configs = enumerate_configs("bernoulli", (logits.shape[-1],), logits.dtype)
@@ -51,6 +77,20 @@ def _enumerated(law: DiscreteLaw):
         prior = torch.log_softmax(torch.as_tensor(law.prior_logits, dtype=logits.dtype).expand_as(logits), -1)
         log_prior = torch.einsum("bnk,mnk->bm", prior, configs.reshape(-1, *shape))
         kl = (log_p.exp() * (log_p - prior)).sum((-1, -2))
+    elif law.kind == "count":
+        n, k = logits.shape[-2:]
+        digits = _digits(n, k).to(logits.device)
+        units = torch.arange(n, device=logits.device)
+        configs = _count_values(law.values, n, k, logits.dtype, logits.device)[units, digits]  # [M, N] values
+        log_p = torch.log_softmax(logits, -1)
+        # gathered (not multiplied by one-hots), so a support point of probability 0 (logit -inf) is no NaN
+        log_q = log_p[..., units, digits].sum(-1)  # [B, M]
+        prior = torch.log_softmax(torch.as_tensor(law.prior_logits, dtype=logits.dtype,
+                                                  device=logits.device).expand_as(logits), -1)
+        log_prior = prior[..., units, digits].sum(-1)
+        p = log_p.exp()
+        # a point with q = 0 adds 0 (also to the gradient: the where is inside the product)
+        kl = (p * torch.where(p > 0, log_p - prior, torch.zeros((), dtype=p.dtype, device=p.device))).sum((-1, -2))
     else:
         raise ValueError(f"unknown discrete law kind {law.kind!r}")
     return configs, log_q, log_prior, kl
@@ -64,7 +104,8 @@ def exact_objective(law: DiscreteLaw, decode, x: torch.Tensor, objective: str) -
     * ``"iwae-<k>"``: -E_{b_1..b_k ~ q}[log (1/k) sum_j p(x | b_j) p(b_j) / q(b_j)], the k-sample negative
       bound, summed over all M^k k-tuples (at most :data:`MAX_TUPLES`; more raises NotImplementedError).
 
-    ``law.logits`` is ``[B, D]`` or ``[B, N, K]``; autograd through the result gives the exact gradient.
+    ``law.logits`` is ``[B, D]`` or ``[B, N, K]`` (categorical and count; a count configuration reaches the
+    decoder as its N values); autograd through the result gives the exact gradient.
     """
     configs, log_q, log_prior, kl = _enumerated(law)
     f = bernoulli_nll(decode(configs)[None], x[:, None])  # [B, M]

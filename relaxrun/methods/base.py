@@ -74,7 +74,8 @@ Own optimizers: a RELAX-style method
 ------------------------------------
 A control-variate estimator trains its own parameters (a network c_phi, a log-temperature) on a
 different objective, the variance of the encoder gradient (Grathwohl et al. 2018, sec. 3.3). It
-declares a second optimizer and writes its own step::
+declares a second optimizer and writes its own step (a sketch; the full methods are
+``relaxrun/methods/rebar.py`` and ``relax.py``)::
 
     def configure_optimizers(self, model, optim):
         cv = list(self.control_variate.parameters()) + [self.log_tau]
@@ -163,14 +164,20 @@ class DiscreteLaw(NamedTuple):
     * ``kind == "categorical"``: N independent K-way variables, ``logits`` ``[..., N, K]``
       (unnormalised log-probabilities); the discrete model feeds the decoder the flattened one-hot
       ``[..., N*K]``.
+    * ``kind == "count"``: N independent variables over K real support values, ``logits``
+      ``[..., N, K]`` (log-probabilities of the K points, normalised or not); the discrete model
+      feeds the decoder the N values themselves ``[..., N]`` (not one-hots). ``values`` are the
+      support values, ``[K]`` (shared) or ``[N, K]``, constants; None means the counts 0..K-1.
 
     ``logits`` must be a differentiable function of the encoder output ``params``;
     ``prior_logits`` (broadcastable to ``logits``) are the prior of the same discrete model.
+    ``values`` is used by ``"count"`` only (positional construction with three fields still works).
     """
 
     kind: str
     logits: torch.Tensor
     prior_logits: torch.Tensor
+    values: torch.Tensor | None = None
 
 
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
