@@ -272,7 +272,8 @@ def test_help_and_bad_arguments(capsys):
     assert "--samples" in out and "--taus" in out and "--methods" in out and "--out" in out and "--seed" in out
     for bad in (["--taus", "0,1"], ["--samples", "1"], ["--methods", "no_such_method"],
                 ["--methods", "relaxed_bernoulli:hard"], ["--methods", "relaxed_bernoulli:kl=bogus"],
-                ["--methods", "straight_through:no_such_option=1"]):
+                ["--methods", "straight_through:no_such_option=1"], ["--methods", "reinforce:trained=10"],
+                ["--methods", "rebar:trained=-1"], ["--methods", "rebar:trained=x"]):
         with pytest.raises(SystemExit) as e:
             gc.main(bad)
         assert e.value.code == 2
@@ -322,3 +323,18 @@ def test_correlated_bernoulli_has_no_independent_law_once_correlated():
     m = cls(method_options("correlated_bernoulli", latent_dim=3, correlation="equicorrelated", rho=0.3))
     with pytest.raises(NotImplementedError, match="copula"):
         m.discrete_law(torch.zeros(1, 3), 0.5)
+
+
+def test_trained_spec_tunes_the_control_variate_before_the_row():
+    """``NAME:trained=N`` is a gradcheck option, not a method option: N steps of ``fit_control`` on the
+    problem, then the row; the trained control parameters differ from the initial ones and the
+    estimator stays unbiased (not flagged at false-alarm rate 1e-3)."""
+    spec = gc.Spec.parse("rebar:trained=40")
+    assert (spec.name, spec.overrides, spec.trained) == ("rebar", {}, 40)
+    prob = gc.make_problem("vae", "bernoulli")
+    m = gc.build(spec, "bernoulli", prob.shape, torch.float64)
+    eta0 = float(m.eta)
+    m.fit_control(prob.make_params(m.param_dim), prob.decode, prob.x, spec.trained)
+    assert float(m.eta) != eta0
+    rows = gc.run([spec], ["vae"], [0.5], 4000, 0, 0.95, 1e-3, log=lambda *a: None)
+    assert [r["status"] for r in rows] == ["ok"] and not rows[0]["biased"], rows

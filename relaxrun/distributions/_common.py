@@ -42,6 +42,8 @@ __all__ = [
     "log_clamped",
     "log1mexp",
     "atoms_and_density",
+    "uniform_noise",
+    "normal_noise",
 ]
 
 
@@ -284,6 +286,21 @@ def check_positive(x, name: str, dist: str, like: torch.Tensor | None = None, va
         bad = t.detach().reshape(-1)[~(torch.isfinite(t) & (t > 0)).reshape(-1)][0].item()
         raise ValueError(f"{dist}: {name} must be finite and > 0; got {bad:.6g}")
     return t
+
+
+def uniform_noise(shape, dtype, device, generator=None) -> torch.Tensor:
+    """``torch.rand(shape)``, with ``generator`` passed only when one is given: torch.compile cannot
+    trace ``rand(..., generator=None)`` at a dynamic (symbolic) batch size, ``rand(...)`` it can."""
+    if generator is None:
+        return torch.rand(shape, dtype=dtype, device=device)
+    return torch.rand(shape, dtype=dtype, device=device, generator=generator)
+
+
+def normal_noise(shape, dtype, device, generator=None) -> torch.Tensor:
+    """``torch.randn(shape)``; ``generator`` as in :func:`uniform_noise`."""
+    if generator is None:
+        return torch.randn(shape, dtype=dtype, device=device)
+    return torch.randn(shape, dtype=dtype, device=device, generator=generator)
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ._common import BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, logit, probs_or_logits
+from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, logit, probs_or_logits,
+                      uniform_noise)
 
 __all__ = ["RelaxedBernoulli", "binary_concrete_logit_log_prob"]
 
@@ -43,7 +44,7 @@ def binary_concrete_logit_log_prob(y: torch.Tensor, logits: torch.Tensor, temper
 
 def sample_logistic(shape, dtype, device, generator=None) -> torch.Tensor:
     """Standard logistic noise log u - log(1-u), one independent draw per element."""
-    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    u = uniform_noise(shape, dtype, device, generator)
     tiny = torch.finfo(dtype).tiny
     u = u.clamp_min_(tiny)  # rand is in [0, 1): only 0 needs guarding
     # in place where the buffer is ours (no autograd history): same values, fewer allocations

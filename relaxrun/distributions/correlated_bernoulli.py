@@ -51,7 +51,7 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
 from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, keeps_sample_path, logit,
-                      probs_or_logits)
+                      normal_noise, probs_or_logits)
 from .binary_concrete import RelaxedBernoulli, binary_concrete_logit_log_prob
 
 __all__ = [
@@ -249,7 +249,7 @@ class CorrelatedRelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistrib
         """(z, y): the differentiable sample z, ``sample_shape + batch_shape + (D,)``, and y = logit(z)
         as computed (exact where z has rounded to 0 or 1; use it for log densities in logit space)."""
         shape = self._extended_shape(sample_shape)
-        eps = torch.randn(shape, dtype=self.logits.dtype, device=self.logits.device, generator=generator)
+        eps = normal_noise(shape, self.logits.dtype, self.logits.device, generator)
         if self._L_shared is not None:
             w = eps @ self._L_shared.transpose(-1, -2)  # row vectors: (L eps)^T = eps^T L^T
         else:

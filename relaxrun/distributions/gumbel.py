@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ._common import uniform_noise
+
 __all__ = ["sample_gumbel", "gumbel_max_one_hot"]
 
 
@@ -23,7 +25,7 @@ def sample_gumbel(shape, dtype, device, generator=None) -> torch.Tensor:
     so the clamp changes no draw it can return; it only guards a 1 rounded up in low precision.
     Returns a tensor of ``shape`` without autograd history.
     """
-    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    u = uniform_noise(shape, dtype, device, generator)
     info = torch.finfo(dtype)
     # in place on the fresh buffer (the noise has no autograd history): same values, fewer allocations
     return u.clamp_(info.tiny, 1.0 - info.eps / 2).log_().neg_().log_().neg_()

@@ -46,7 +46,7 @@ from torch.distributions.kl import register_kl
 from torch.distributions.utils import broadcast_all
 
 from ._common import (LOG_2PI, DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, check_positive,
-                      keeps_sample_path)
+                      keeps_sample_path, normal_noise)
 
 __all__ = ["InvertibleGaussian", "softmax_plus_plus_log", "gaussian_kl"]
 
@@ -121,7 +121,7 @@ class InvertibleGaussian(DeclaredExpand, SampleCache, RelaxrunDistribution):
         One independent standard normal per element of ``sample_shape + batch_shape + (K-1,)``.
         """
         shape = torch.Size(sample_shape) + self.loc.shape
-        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        eps = normal_noise(shape, self.loc.dtype, self.loc.device, generator)
         return self.loc + self.scale * eps
 
     def log_simplex(self, y: torch.Tensor) -> torch.Tensor:

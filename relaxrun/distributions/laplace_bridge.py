@@ -63,7 +63,7 @@ from torch.distributions import Dirichlet, constraints
 from torch.distributions.kl import register_kl
 from torch.distributions.utils import broadcast_all
 
-from ._common import LOG_2PI, DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor
+from ._common import LOG_2PI, DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, normal_noise
 
 __all__ = [
     "dirichlet_to_logistic_normal",
@@ -209,7 +209,7 @@ class LogisticNormalSoftmax(DeclaredExpand, SampleCache, RelaxrunDistribution):
     def rsample_gaussian(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         """Differentiable ``y ~ N(loc, scale^2)``, independent per element, ``sample_shape + batch + (K,)``."""
         shape = self._extended_shape(sample_shape)
-        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        eps = normal_noise(shape, self.loc.dtype, self.loc.device, generator)
         return self.loc + self.scale * eps
 
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ._common import DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, atoms_and_density, check_positive
+from ._common import DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, atoms_and_density, check_positive, normal_noise
 
 __all__ = ["StochasticGate"]
 
@@ -68,7 +68,7 @@ class StochasticGate(DeclaredExpand, SampleCache, RelaxrunDistribution):
     # -- sampling -------------------------------------------------------------------------------
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
-        eps = torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device, generator=generator)
+        eps = normal_noise(shape, self.mu.dtype, self.mu.device, generator)
         z = torch.clamp(self.mu + self.sigma * eps, 0.0, 1.0)
         # log_prob has a shortcut at this very sample; it equals the general formula as a function of
         # the parameters only if the sample carries its autograd history (not so for sample())
