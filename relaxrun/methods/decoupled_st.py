@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ..checks import positive
 from ..distributions.concrete import log_softmax
 from ..distributions.gumbel import sample_gumbel
-from .base import MISSING, DiscreteLaw, Terms, bernoulli_nll, categorical_kl_uniform, register, straight_through
+from .base import MISSING, DiscreteLaw, Terms, register, straight_through
 from .families import CategoricalLatentConfig, CategoricalLatentMethod
 
 
@@ -73,11 +73,8 @@ class DecoupledSTMethod(CategoricalLatentMethod):
         hard_index = (shifted.detach() / self.cfg.tau_forward + g).argmax(-1)
         soft = log_softmax(shifted / tau + g).exp()
         z = straight_through(F.one_hot(hard_index, self.cfg.categories).to(soft.dtype), soft)
-        recon = bernoulli_nll(decode(z.flatten(-2)), x)
-        kl = categorical_kl_uniform(logits).sum(-1)
-        return Terms((recon + kl).mean(), recon, kl)
+        return self.terms(z, logits, decode, x)
 
     def discrete_law(self, params, tau) -> DiscreteLaw:
         """Cat(softmax(l_n / tau_f)) per variable, the law of the hard D fed forward; prior uniform."""
-        logits = self.split(params)
-        return DiscreteLaw("categorical", logits, torch.zeros((), dtype=params.dtype, device=params.device))
+        return super().discrete_law(params, tau)

@@ -127,12 +127,21 @@ class CategoricalLatentMethod(Method):
         """One-hot categorical draws ``sample_shape + logits.shape`` via Gumbel-max."""
         return gumbel_max_one_hot(logits, sample_shape)
 
-    def bound(self, params, decode, x, tau) -> Terms:
-        logits = self.split(params)
-        c = self.hard_sample(logits)
-        recon = bernoulli_nll(decode(c.flatten(-2)), x)
+    def terms(self, z: torch.Tensor, logits: torch.Tensor, decode, x) -> Terms:
+        """Terms of decoder input ``z`` ``[B, N, K]`` (hard, relaxed or straight-through) with the
+        posterior logits ``[B, N, K]``: -log p(x | z) and the exact KL to the uniform prior."""
+        recon = bernoulli_nll(decode(z.flatten(-2)), x)
         kl = categorical_kl_uniform(logits).sum(-1)
         return Terms((recon + kl).mean(), recon, kl)
+
+    def discrete_law(self, params, tau) -> DiscreteLaw:
+        """Cat(softmax(l_n)) per variable (the law of the hard one-hot the family samples); prior uniform."""
+        return DiscreteLaw("categorical", self.split(params),
+                           torch.zeros((), dtype=params.dtype, device=params.device))
+
+    def bound(self, params, decode, x, tau) -> Terms:
+        logits = self.split(params)
+        return self.terms(self.hard_sample(logits), logits, decode, x)
 
     def prior_sample(self, n, device, dtype=torch.float32):
         idx = torch.randint(self.cfg.categories, (n, self.cfg.latent_dim), device=device)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..checks import one_of, positive
 from ..distributions.concrete import log_softmax
-from .base import MISSING, DiscreteLaw, Terms, bernoulli_nll, categorical_kl_uniform, register, straight_through
+from .base import MISSING, Terms, register, straight_through
 from .families import CategoricalLatentConfig, CategoricalLatentMethod
 
 GAP_RULES = ("fixed", "p")
@@ -95,11 +95,4 @@ class GSTMethod(CategoricalLatentMethod):
         gap = expected_gumbel_gap(logits, hard) if self.cfg.gap_rule == "p" else self.cfg.gap
         soft = log_softmax(gapped_logits(logits, hard, gap) / tau).exp()
         z = straight_through(hard, soft)
-        recon = bernoulli_nll(decode(z.flatten(-2)), x)
-        kl = categorical_kl_uniform(logits).sum(-1)
-        return Terms((recon + kl).mean(), recon, kl)
-
-    def discrete_law(self, params, tau) -> DiscreteLaw:
-        """Cat(softmax(theta_n)) per variable, the law of the hard D fed forward; prior uniform."""
-        logits = self.split(params)
-        return DiscreteLaw("categorical", logits, torch.zeros((), dtype=params.dtype, device=params.device))
+        return self.terms(z, logits, decode, x)

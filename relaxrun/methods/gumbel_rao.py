@@ -39,7 +39,7 @@ from ..checks import at_least
 from ..distributions.concrete import log_softmax
 from ..distributions.conditional_gumbel import conditional_gumbel
 from ..distributions.gumbel import sample_gumbel
-from .base import MISSING, DiscreteLaw, Terms, bernoulli_nll, categorical_kl_uniform, register, straight_through
+from .base import MISSING, Terms, register, straight_through
 from .families import CategoricalLatentConfig, CategoricalLatentMethod
 
 
@@ -76,11 +76,4 @@ class GumbelRaoMethod(CategoricalLatentMethod):
         logits = self.split(params)
         hard, z_bar = self.surrogate(logits, tau)
         z = straight_through(hard, z_bar)
-        recon = bernoulli_nll(decode(z.flatten(-2)), x)
-        kl = categorical_kl_uniform(logits).sum(-1)
-        return Terms((recon + kl).mean(), recon, kl)
-
-    def discrete_law(self, params, tau) -> DiscreteLaw:
-        """Cat(softmax(l_n)) per variable, the law of the hard D fed forward; prior uniform."""
-        logits = self.split(params)
-        return DiscreteLaw("categorical", logits, torch.zeros((), dtype=params.dtype, device=params.device))
+        return self.terms(z, logits, decode, x)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..checks import ConfigError, require
 from ..distributions.concrete import log_softmax
-from .base import DiscreteLaw, Terms, bernoulli_nll, categorical_kl_uniform, register, straight_through
+from .base import Terms, register, straight_through
 from .families import CategoricalLatentConfig, CategoricalLatentMethod
 
 #: the smallest temperature the paper (and its reference code) uses
@@ -91,11 +91,4 @@ class ReinMaxMethod(CategoricalLatentMethod):
         logits = self.split(params)
         hard = self.hard_sample(logits)
         z = straight_through(hard, reinmax_surrogate(logits, hard, tau))
-        recon = bernoulli_nll(decode(z.flatten(-2)), x)
-        kl = categorical_kl_uniform(logits).sum(-1)
-        return Terms((recon + kl).mean(), recon, kl)
-
-    def discrete_law(self, params, tau) -> DiscreteLaw:
-        """Cat(softmax(theta_n)) per variable, the law of the hard D fed forward at every tau; prior uniform."""
-        logits = self.split(params)
-        return DiscreteLaw("categorical", logits, torch.zeros((), dtype=params.dtype, device=params.device))
+        return self.terms(z, logits, decode, x)
