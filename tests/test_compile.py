@@ -17,6 +17,17 @@ METHODS = ["gumbel_softmax", "relaxed_bernoulli", "hard_concrete", "stochastic_g
            "laplace_bridge", "correlated_bernoulli"]
 
 
+@pytest.fixture(autouse=True)
+def _keep_distribution_validation():
+    """torch.compile turns torch.distributions' default argument validation off process-wide
+    (``Distribution._validate_args``); put it back so later tests see the default."""
+    from torch.distributions import Distribution
+
+    before = Distribution._validate_args
+    yield
+    Distribution.set_default_validate_args(before)
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_loss_traces_at_a_dynamic_batch_size(name):
     torch._dynamo.reset()
