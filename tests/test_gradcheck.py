@@ -333,8 +333,8 @@ def test_trained_spec_tunes_the_control_variate_before_the_row():
     assert (spec.name, spec.overrides, spec.trained) == ("rebar", {}, 40)
     prob = gc.make_problem("vae", "bernoulli")
     m = gc.build(spec, "bernoulli", prob.shape, torch.float64)
-    eta0 = float(m.eta)
+    eta0 = float(m.eta.detach())
     m.fit_control(prob.make_params(m.param_dim), prob.decode, prob.x, spec.trained)
-    assert float(m.eta) != eta0
+    assert float(m.eta.detach()) != eta0
     rows = gc.run([spec], ["vae"], [0.5], 4000, 0, 0.95, 1e-3, log=lambda *a: None)
     assert [r["status"] for r in rows] == ["ok"] and not rows[0]["biased"], rows
