@@ -72,8 +72,10 @@ class SweepSummary(Callback):
             return
         if self.print_table:
             print("\n" + paths["summary.md"].read_text(encoding="utf-8"), flush=True)
-        bad = sum(r["status"] != "ok" for r in rows)
+        bad = sum(r["status"] not in ("ok", "skipped") for r in rows)
+        skipped = sum(r["status"] == "skipped" for r in rows)
         note = f" ({bad} of {len(rows)} runs without results: see the table)" if bad else ""
+        note += f" ({skipped} skipped: the method does not take the setting)" if skipped else ""
         print(f"relaxrun: sweep summary in {sweep_dir}/summary.{{csv,md,png}}{note}", flush=True)
 
 

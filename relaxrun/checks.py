@@ -14,6 +14,15 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 
+class NotApplicable(ConfigError):
+    """A valid setting that one method does not take (e.g. ReinMax at a temperature below 1).
+
+    A single run refuses it like any ConfigError. In a multirun grid that crosses every method with
+    shared values (``experiment=compare_all``), the job is *skipped*: it writes ``skipped.txt`` with
+    the reason, and the sweep summary lists it as ``skipped``, not as a failure.
+    """
+
+
 def require(ok: bool, key: str, allowed: str, value: Any) -> None:
     """Raise ConfigError('<key> must be <allowed>; got <value>') unless ok."""
     if not ok:

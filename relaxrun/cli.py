@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import NotApplicable
 from .config import ConfigError, register_configs, validate
 
 log = logging.getLogger("relaxrun")
@@ -84,8 +85,11 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return jobs
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose and validate what ``argv`` asks for; raise ConfigError with a one-line message."""
+def precheck(argv: list[str]) -> list[str]:
+    """Compose and validate what ``argv`` asks for; raise ConfigError with a one-line message.
+
+    In a multirun, jobs whose method does not take the setting (NotApplicable) are allowed and
+    returned as one line each (the job will be skipped); a sweep in which every job is so is refused."""
     from hydra import compose, initialize_config_module
     from hydra._internal.utils import get_args_parser
 
@@ -102,13 +106,22 @@ def precheck(argv: list[str]) -> None:
         jobs = _expand(overrides) if args.multirun else [overrides]
     except Exception as err:
         raise ConfigError(f"cannot parse overrides: {_short(err)}") from None
+    skipped = []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         for job in jobs:
             try:
                 cfg = compose(config_name=args.config_name or "config", overrides=job)
             except Exception as err:
                 raise ConfigError(_short(err)) from None
-            validate(cfg)
+            try:
+                validate(cfg)
+            except NotApplicable as err:
+                if not args.multirun:
+                    raise
+                skipped.append(f"{' '.join(job) or 'the job'}: {err}")
+    if skipped and len(skipped) == len(jobs):
+        raise ConfigError(f"every job of the sweep would be skipped; first: {skipped[0]}")
+    return skipped
 
 
 def _run_dir() -> Path:
@@ -122,13 +135,21 @@ def _hydra_entry(cfg: DictConfig):
 
     run_dir = _run_dir()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's error is not this run's
+    for stale in ("error.txt", "skipped.txt"):  # an earlier attempt's outcome is not this run's
+        (run_dir / stale).unlink(missing_ok=True)
     try:
         if multirun:  # torch threads / GPU of a job that may run beside others (relaxrun/callbacks.py)
             from .callbacks import apply_job_resources
 
             apply_job_resources(cfg, HydraConfig.get())
         return train(cfg, run_dir)
+    except NotApplicable as err:  # a grid point this method does not take (checks.NotApplicable)
+        if not multirun:
+            print(f"relaxrun: error: {err}", file=sys.stderr)
+            raise SystemExit(2)
+        (run_dir / "skipped.txt").write_text(f"{err}\n")
+        log.info("skipped: %s", err)
+        return {"status": "skipped", "reason": str(err)}
     except Interrupted as err:
         log.warning("%s", err)
         print(f"relaxrun: {err}", file=sys.stderr)
@@ -154,10 +175,13 @@ def main() -> None:
     argv = sys.argv[1:]
     if not _NO_PRECHECK.intersection(argv):
         try:
-            precheck(argv)
+            skipped = precheck(argv)
         except ConfigError as err:
             print(f"relaxrun: error: {err}", file=sys.stderr)
             raise SystemExit(2)
+        if skipped:
+            print(f"relaxrun: {len(skipped)} job(s) of the sweep will be skipped (the method does not take "
+                  f"the setting), e.g. {skipped[0]}", file=sys.stderr)
     _hydra_entry()
 
 

@@ -4,7 +4,7 @@
     relaxrun-report sweep_a sweep_b outputs/2024-05-02/10-11-12.5  # combine; written to the common parent
     relaxrun-report sweep_a sweep_b -o results/                   # ... or to a folder of your choice
 
-A *run folder* is a folder holding ``metrics.json``, ``error.txt`` or ``.hydra/config.yaml``; the
+A *run folder* is a folder holding ``metrics.json``, ``error.txt``, ``skipped.txt`` or ``.hydra/config.yaml``; the
 given folders are searched for them (a run folder may also be given itself). Three files are
 written:
 
@@ -20,8 +20,9 @@ written:
     in the same colour; error bars are the std over seeds.
 
 Status of a run: ``ok`` (metrics.json), ``failed`` (error.txt, newer than any metrics.json: the job
-raised; the first line of error.txt is the error), ``incomplete`` (neither: killed, still running or
-never started). The setting of a run is read from ``.hydra/overrides.yaml`` with the keys in
+raised; the first line of error.txt is the error), ``skipped`` (skipped.txt: a sweep job whose
+method does not take the setting, e.g. ReinMax at tau < 1 in ``experiment=compare_all``; listed
+apart, not as a failure), ``incomplete`` (none of these: killed, still running or never started). The setting of a run is read from ``.hydra/overrides.yaml`` with the keys in
 ``hydra.job.config.override_dirname.exclude_keys`` left out (the same rule as the sweep folder
 names), so a run's setting equals its sweep folder name without ``seed=...``.
 """
@@ -60,7 +61,7 @@ class ReportError(RuntimeError):
 
 
 def is_run_folder(path: Path) -> bool:
-    return ((path / "metrics.json").is_file() or (path / "error.txt").is_file()
+    return ((path / "metrics.json").is_file() or (path / "error.txt").is_file() or (path / "skipped.txt").is_file()
             or (path / ".hydra" / "config.yaml").is_file())
 
 
@@ -166,7 +167,9 @@ def read_run(run: Path, base: Path) -> dict[str, Any]:
         except (OSError, ValueError):
             metrics = None
     failed = error_path.is_file() and (metrics is None or error_path.stat().st_mtime >= metrics_path.stat().st_mtime)
-    status = "failed" if failed else "ok" if metrics is not None else "incomplete"
+    skipped_path = run / "skipped.txt"
+    skipped = not failed and metrics is None and skipped_path.is_file()
+    status = "failed" if failed else "ok" if metrics is not None else "skipped" if skipped else "incomplete"
     cfg = _config(run, metrics)
     items = _overrides(run)
     if items is None:  # no .hydra/: the folder name is the best name we have
@@ -189,6 +192,11 @@ def read_run(run: Path, base: Path) -> dict[str, Any]:
             row["error"] = _first_line(error_path.read_text(errors="replace"))
         except OSError as err:
             row["error"] = f"cannot read {error_path}: {err}"
+    elif status == "skipped":
+        try:
+            row["error"] = _first_line(skipped_path.read_text(errors="replace"))
+        except OSError as err:
+            row["error"] = f"cannot read {skipped_path}: {err}"
     elif status == "incomplete":
         row["error"] = "no metrics.json and no error.txt (killed, still running or not started)"
     return row
@@ -302,9 +310,13 @@ def _others(setting: str, common: set[str]) -> str:
 def to_markdown(rows: list[dict], groups: list[dict], title: str = "Sweep summary") -> str:
     n_ok = sum(r["status"] == "ok" for r in rows)
     n_failed = sum(r["status"] == "failed" for r in rows)
-    n_inc = len(rows) - n_ok - n_failed
+    n_skip = sum(r["status"] == "skipped" for r in rows)
+    n_inc = len(rows) - n_ok - n_failed - n_skip
     counts = f"{len(rows)} runs in {len(groups)} settings: {n_ok} finished, {n_failed} failed"
     counts += f", {n_inc} incomplete" if n_inc else ""
+    counts += f", {n_skip} skipped (the method does not take the setting)" if n_skip else ""
+    skipped_groups = [g for g in groups if all(r["status"] == "skipped" for r in g["runs"])]
+    groups = [g for g in groups if g not in skipped_groups]
     item_sets = [set(_items(g["setting"])) for g in groups]
     common = set.intersection(*item_sets) if len(item_sets) > 1 else set()
     common -= {i for i in common if i.split("=", 1)[0] in ("method", "tau")}
@@ -339,11 +351,17 @@ def to_markdown(rows: list[dict], groups: list[dict], title: str = "Sweep summar
             status = "/".join(sorted({r["status"] for r in g["runs"]}))
             cells += [runs, status, "", ""] + ([""] if show_iwae else []) + ["", ""]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
-    bad = [r for r in rows if r["status"] != "ok"]
+    bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
     if bad:
         lines += ["", "## Runs without results", "", "| run | status | error |", "|---|---|---|"]
         for r in bad:
             lines.append(f"| `{_md_cell(r['run'])}` | {r['status']} | {_md_cell(_short_error(r['error'] or ''))} |")
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    if skipped:
+        lines += ["", "## Skipped jobs", "", "Grid points the method does not take (not failures).", "",
+                  "| run | reason |", "|---|---|"]
+        for r in skipped:
+            lines.append(f"| `{_md_cell(r['run'])}` | {_md_cell(_short_error(r['error'] or ''))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -348,10 +348,40 @@ def test_experiment_presets():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     swept = OverridesParser.create().parse_override(f"method={params.method}").value()
-    # every method, also new ones, but reinmax (its temperature must be >= 1; the grid has 0.1 and 0.5)
-    assert swept.filter(group_options("method")) == [m for m in group_options("method") if m != "reinmax"]
+    # every method, also new ones (reinmax's tau < 1 jobs are skipped: test_sweep_skips_...)
+    assert swept.filter(group_options("method")) == group_options("method") and "reinmax" in group_options("method")
     assert params.tau == "0.1,0.5,1.0"
     validate(_compose(["experiment=compare_all"]))
+
+
+def test_sweep_skips_grid_points_a_method_does_not_take(relaxrun_exe, mnist_root, tmp_path):
+    """ReinMax takes tau >= 1 only. In a grid crossing it with tau=0.5 that job is skipped (skipped.txt,
+    listed apart in the summary, exit 0), the others train; a single run at tau=0.5 is still refused,
+    and a sweep in which every job would be skipped is refused before anything starts."""
+    sweep = tmp_path / "sweep"
+    p = relaxrun(relaxrun_exe, ["-m", "method=reinmax,gumbel_softmax", "tau=0.5,1.0", f"data.root={mnist_root}",
+                                *FAST, "model.hidden=[16]", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert "1 job(s) of the sweep will be skipped" in p.stderr and "method.tau must be" in p.stderr
+    rows = {(r["method"], r["tau"]): r for r in read_csv(sweep / "summary.csv")}
+    assert rows[("reinmax", "0.5")]["status"] == "skipped"
+    assert "Liu et al. 2023" in rows[("reinmax", "0.5")]["error"]
+    assert {k: r["status"] for k, r in rows.items() if k != ("reinmax", "0.5")} == {
+        ("reinmax", "1.0"): "ok", ("gumbel_softmax", "0.5"): "ok", ("gumbel_softmax", "1.0"): "ok"}
+    skipped_dir = sweep / rows[("reinmax", "0.5")]["run"]
+    assert (skipped_dir / "skipped.txt").is_file() and not (skipped_dir / "error.txt").exists()
+    assert not (skipped_dir / "checkpoint.pt").exists()
+    md = (sweep / "summary.md").read_text()
+    assert "1 skipped" in md and "## Skipped jobs" in md and "## Runs without results" not in md
+    assert [c[1] for c in md_table(sweep / "summary.md")].count("reinmax") == 1  # only the tau=1.0 job ranks
+
+    single = relaxrun(relaxrun_exe, ["method=reinmax", "tau=0.5", f"data.root={mnist_root}", *FAST,
+                                     f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path, check=False)
+    assert single.returncode == 2 and "method.tau must be a finite number >= 1" in single.stderr
+    assert "Traceback" not in single.stderr and not (tmp_path / "single").exists()
+    every = relaxrun(relaxrun_exe, ["-m", "method=reinmax", "tau=0.1,0.5", f"data.root={mnist_root}", *FAST,
+                                    f"hydra.sweep.dir={tmp_path / 'none'}"], cwd=tmp_path, check=False)
+    assert every.returncode == 2 and "every job of the sweep would be skipped" in every.stderr
+    assert not (tmp_path / "none").exists()
 
 
 def test_slurm_preset_makes_a_valid_sbatch_script(tmp_path, monkeypatch):

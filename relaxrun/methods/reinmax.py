@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..checks import ConfigError, require
+from ..checks import ConfigError, NotApplicable, finite
 from ..distributions.concrete import log_softmax
 from .base import Terms, register, straight_through
 from .families import CategoricalLatentConfig, CategoricalLatentMethod
@@ -55,8 +55,10 @@ class ReinMaxConfig(CategoricalLatentConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.tau >= MIN_TAU, "method.tau", f"a finite number >= {MIN_TAU:g} for ReinMax (tau >= 1, "
-                f"Liu et al. 2023)", self.tau)
+        finite("method.tau", self.tau)
+        if self.tau < MIN_TAU:  # a valid temperature elsewhere: a sweep grid skips this job
+            raise NotApplicable(f"method.tau must be a finite number >= {MIN_TAU:g} for ReinMax (tau >= 1, "
+                                f"Liu et al. 2023); got {self.tau!r}")
 
     def check_compatible(self, run) -> None:
         t = run.trainer
