@@ -75,7 +75,7 @@ CASES = {
     "InvertibleGaussian": (
         lambda: dict(loc=_randn(*BATCH, seed=9), scale=_pos(0.8, *BATCH), temperature=_pos(0.6, BATCH[0]),
                      delta=_pos(1.7, BATCH[0])),
-        lambda loc, scale, temperature, delta: InvertibleGaussian(loc, scale, temperature, delta),
+        lambda loc, scale, temperature, delta: InvertibleGaussian(temperature, loc, scale, delta),
     ),
     "LogisticNormalSoftmax": (
         lambda: dict(loc=_randn(*BATCH, seed=10), scale=_pos(0.9, *BATCH)),
@@ -87,7 +87,7 @@ CASES = {
     ),
     "HardConcrete": (
         lambda: dict(log_alpha=_randn(*BATCH, seed=12, scale=2.0), beta=_pos(0.6)),
-        lambda log_alpha, beta: HardConcrete(log_alpha, beta),
+        lambda log_alpha, beta: HardConcrete(beta, logits=log_alpha),
     ),
     "StochasticGate": (
         lambda: dict(mu=_randn(*BATCH, seed=13, shift=0.5), sigma=_pos(0.5, BATCH[1])),

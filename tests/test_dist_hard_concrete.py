@@ -56,7 +56,7 @@ def chisquare_pvalue(counts, expected):
 
 
 def hc(la, beta=2 / 3, l=-0.1, r=1.1, dtype=torch.float64):
-    return HardConcrete(torch.tensor(la, dtype=dtype), torch.tensor(beta, dtype=dtype), l=l, r=r)
+    return HardConcrete(torch.tensor(beta, dtype=dtype), logits=torch.tensor(la, dtype=dtype), l=l, r=r)
 
 
 def t64(x):
@@ -112,16 +112,16 @@ def test_samples_match_the_law(la, beta, l, r):
 def test_noise_is_independent_across_sample_and_batch_elements():
     n = 20000
     torch.manual_seed(0)
-    z = HardConcrete(torch.zeros(3, dtype=torch.float64)).sample((n,)).numpy()
+    z = HardConcrete(logits=torch.zeros(3, dtype=torch.float64)).sample((n,)).numpy()
     c = np.corrcoef(z.T)
     assert np.abs(c[np.triu_indices(3, 1)]).max() < 4 / math.sqrt(n)
     assert abs(np.corrcoef(z[:-1, 0], z[1:, 0])[0, 1]) < 4 / math.sqrt(n)
-    e = HardConcrete(torch.tensor(0.0)).expand((2, 2)).sample((n,)).reshape(n, 4).numpy()
+    e = HardConcrete(logits=torch.tensor(0.0)).expand((2, 2)).sample((n,)).reshape(n, 4).numpy()
     assert np.abs(np.corrcoef(e.T)[np.triu_indices(4, 1)]).max() < 4 / math.sqrt(n)
 
 
 def test_shapes_and_expand():
-    d = HardConcrete(torch.zeros(4, 1), torch.full((3,), 0.5))
+    d = HardConcrete(torch.full((3,), 0.5), logits=torch.zeros(4, 1))
     assert d.batch_shape == (4, 3) and d.event_shape == ()
     z = d.rsample((5, 2))
     assert z.shape == (5, 2, 4, 3) and d.log_prob(z).shape == (5, 2, 4, 3)
@@ -136,7 +136,7 @@ def test_pathwise_gradient_reaches_log_alpha_and_beta_and_matches_finite_differe
     beta = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
     g = torch.Generator().manual_seed(5)
     grads = np.array([[t.item() for t in torch.autograd.grad(
-        HardConcrete(la, beta).rsample((5000,), generator=g).mean(), (la, beta))] for _ in range(20)])
+        HardConcrete(beta, logits=la).rsample((5000,), generator=g).mean(), (la, beta))] for _ in range(20)])
     est, se = grads.mean(0), grads.std(0, ddof=1) / math.sqrt(len(grads))
     h = 1e-5
     fd = np.array([(ref_mean(la0 + h, b0) - ref_mean(la0 - h, b0)) / (2 * h),
@@ -144,7 +144,7 @@ def test_pathwise_gradient_reaches_log_alpha_and_beta_and_matches_finite_differe
     assert np.all(np.abs(fd) > 0.01)
     assert np.all(np.abs(est - fd) < 4 * se + 1e-6), (est, se, fd)
     # the L0 term is differentiable in log_alpha: d sigmoid(x) = sigmoid(x)(1 - sigmoid(x))
-    p = HardConcrete(la, beta).prob_nonzero()
+    p = HardConcrete(beta, logits=la).prob_nonzero()
     assert torch.autograd.grad(p, la)[0].item() == pytest.approx(p.item() * (1 - p.item()), rel=1e-10)
 
 
@@ -163,25 +163,29 @@ def test_single_sample_kl_estimate_is_unbiased_for_the_mixed_law():
 @pytest.mark.parametrize("beta", [0.05, 2 / 3, 1.0])
 def test_log_prob_finite_on_own_float32_samples(beta):
     la = torch.tensor([-20.0, -5.0, 0.0, 5.0, 20.0])
-    d = HardConcrete(la, beta)
+    d = HardConcrete(beta, logits=la)
     z = d.rsample((2000,))
     assert z.dtype == torch.float32 and torch.isfinite(d.log_prob(z)).all()
     assert torch.isfinite(d.log_prob(torch.tensor([0.0, 1e-7, 0.5, 1 - 6e-8, 1.0]).unsqueeze(-1))).all()
 
 
 def test_bad_arguments_raise_value_errors_naming_them():
-    with pytest.raises(ValueError, match="log_alpha"):
-        HardConcrete(torch.tensor([0.0, float("nan")]))
-    with pytest.raises(ValueError, match="beta"):
-        HardConcrete(0.0, beta=0.0)
-    with pytest.raises(ValueError, match="beta"):
-        HardConcrete(0.0, beta=torch.tensor([-0.5]))
+    with pytest.raises(ValueError, match="logits"):
+        HardConcrete(logits=torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ValueError, match="probs must lie in"):
+        HardConcrete(probs=1.5)
+    with pytest.raises(ValueError, match="exactly one of probs or logits"):
+        HardConcrete(0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        HardConcrete(0.0, logits=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        HardConcrete(torch.tensor([-0.5]), logits=0.0)
     with pytest.raises(ValueError, match="l must"):
-        HardConcrete(0.0, l=0.0)
+        HardConcrete(logits=0.0, l=0.0)
     with pytest.raises(ValueError, match="r must"):
-        HardConcrete(0.0, r=1.0)
+        HardConcrete(logits=0.0, r=1.0)
     with pytest.raises(ValueError):
-        HardConcrete(0.0).log_prob(torch.tensor(-0.2))
+        HardConcrete(logits=0.0).log_prob(torch.tensor(-0.2))
 
 
 def test_atom_blend_equals_nested_where_in_value_and_gradient():
@@ -214,7 +218,7 @@ def test_density_at_own_sample_shortcut_matches_the_general_formula():
     g = torch.Generator().manual_seed(8)
     log_alpha = (2 * torch.randn(400, generator=g, dtype=torch.float64)).requires_grad_()
     beta = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
-    q = HardConcrete(log_alpha, beta)
+    q = HardConcrete(beta, logits=log_alpha)
     z = q.rsample(generator=g)
     assert q._draw is not None
     fast = q.log_prob(z)
@@ -226,6 +230,6 @@ def test_density_at_own_sample_shortcut_matches_the_general_formula():
     for a, b in zip(torch.autograd.grad(fast.sum(), (log_alpha, beta), retain_graph=True),
                     torch.autograd.grad(general.sum(), (log_alpha, beta))):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
-    q2 = HardConcrete(log_alpha, beta)
+    q2 = HardConcrete(beta, logits=log_alpha)
     q2.sample(generator=g)
     assert q2._draw is None

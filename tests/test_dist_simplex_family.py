@@ -88,7 +88,7 @@ IGR_CASES_K3 = [
 def test_igr_density_integrates_to_one(loc, scale, tau, delta):
     # A wrong inverse (e.g. forgetting tau or log(delta)) or a wrong log-det integrates to a
     # visibly different number (one public version gives ~15).
-    d = InvertibleGaussian(torch.tensor(loc, dtype=F64), torch.tensor(scale, dtype=F64), tau, delta)
+    d = InvertibleGaussian(tau, torch.tensor(loc, dtype=F64), torch.tensor(scale, dtype=F64), delta)
     assert integrate_simplex(d) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -99,7 +99,7 @@ def test_igr_log_prob_of_samples_finite_float32(loc, tau):
     torch.manual_seed(0)
     loc_t = torch.tensor([10.0, -10.0, 3.0, 0.0]) if loc == "mixed" else torch.full((4,), loc)
     loc_t.requires_grad_(True)
-    d = InvertibleGaussian(loc_t, torch.full((4,), 1.0), tau)
+    d = InvertibleGaussian(tau, loc_t, torch.full((4,), 1.0))
     z = d.rsample((2000,))
     assert z.dtype == torch.float32
     assert torch.isfinite(z).all() and (z >= 0).all()
@@ -113,8 +113,8 @@ def test_igr_log_prob_of_samples_finite_float32(loc, tau):
 def test_igr_log_prob_without_cache_uses_the_right_inverse():
     # The cached path uses the Gaussian draw; the uncached path inverts z. They must agree.
     torch.manual_seed(1)
-    d = InvertibleGaussian(torch.tensor([0.4, -0.3, 1.2], dtype=F64), torch.tensor([0.7, 1.3, 0.9], dtype=F64),
-                           torch.tensor(0.6, dtype=F64), torch.tensor(1.7, dtype=F64))
+    d = InvertibleGaussian(torch.tensor(0.6, dtype=F64), torch.tensor([0.4, -0.3, 1.2], dtype=F64),
+                           torch.tensor([0.7, 1.3, 0.9], dtype=F64), torch.tensor(1.7, dtype=F64))
     z = d.rsample((500,))
     torch.testing.assert_close(d.log_prob(z.clone()), d.log_prob(z), rtol=1e-9, atol=1e-9)
     y = d._cache[1]
@@ -136,7 +136,7 @@ def test_igr_sample_statistics_match_float64_definition():
     n = 40_000
     ref = _igr_definition_numpy(loc, scale, tau, delta, n, seed=123)
     torch.manual_seed(123)
-    d = InvertibleGaussian(torch.tensor(loc, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32), tau, delta)
+    d = InvertibleGaussian(tau, torch.tensor(loc, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32), delta)
     z = d.sample((n,)).double().numpy()
     # Two-sample z-tests on the mean and the second moment of each of the K=4 coordinates:
     # |t| < 5 has a false-alarm rate of 5.7e-7 per statistic, < 5e-6 for all 8.
@@ -151,7 +151,7 @@ def test_igr_scale_is_a_standard_deviation():
     # log z_k - log z_K = y_k / tau - log(delta) exactly, so tau * (that + log delta) ~ N(loc, scale^2).
     torch.manual_seed(3)
     scale = torch.tensor([0.5, 2.0, 3.0])
-    d = InvertibleGaussian(torch.tensor([1.0, -2.0, 0.0]), scale, 0.4, 2.0)
+    d = InvertibleGaussian(0.4, torch.tensor([1.0, -2.0, 0.0]), scale, 2.0)
     y = d.inverse(torch.log(d.sample((50_000,))))
     # sample std of 50k normals has relative s.e. 1/sqrt(2n) = 0.3%; 2% is > 6 s.e.
     torch.testing.assert_close(y.std(0), scale, rtol=0.02, atol=0)
@@ -161,10 +161,10 @@ def test_igr_scale_is_a_standard_deviation():
 def test_igr_kl_equals_monte_carlo_and_checks_temperatures():
     torch.manual_seed(4)
     tau, delta = 0.6, 1.3
-    p = InvertibleGaussian(torch.tensor([0.5, -0.2, 1.0], dtype=F64), torch.tensor([0.6, 1.2, 0.9], dtype=F64),
-                           tau, delta)
-    q = InvertibleGaussian(torch.tensor([0.0, 0.3, 0.2], dtype=F64), torch.tensor([1.0, 0.8, 1.5], dtype=F64),
-                           tau, delta)
+    p = InvertibleGaussian(tau, torch.tensor([0.5, -0.2, 1.0], dtype=F64), torch.tensor([0.6, 1.2, 0.9], dtype=F64),
+                           delta)
+    q = InvertibleGaussian(tau, torch.tensor([0.0, 0.3, 0.2], dtype=F64), torch.tensor([1.0, 0.8, 1.5], dtype=F64),
+                           delta)
     z = p.sample((100_000,))
     # q.log_prob goes through the inverse of z (no cache), so this also checks the full density
     diff = p.log_prob(z) - q.log_prob(z.clone())
@@ -172,10 +172,10 @@ def test_igr_kl_equals_monte_carlo_and_checks_temperatures():
     se = diff.std() / math.sqrt(diff.numel())
     assert abs(kl - diff.mean()) < 5 * se  # false-alarm rate 5.7e-7
     assert kl_divergence(p, p).abs() < 1e-12
-    other_tau = InvertibleGaussian(q.loc, q.scale, 0.5, delta)
+    other_tau = InvertibleGaussian(0.5, q.loc, q.scale, delta)
     with pytest.raises(ValueError, match="temperature"):
         kl_divergence(p, other_tau)
-    other_delta = InvertibleGaussian(q.loc, q.scale, tau, 1.0)
+    other_delta = InvertibleGaussian(tau, q.loc, q.scale, 1.0)
     with pytest.raises(ValueError, match="delta"):
         kl_divergence(p, other_delta)
 
@@ -183,7 +183,7 @@ def test_igr_kl_equals_monte_carlo_and_checks_temperatures():
 def test_igr_low_temperature_limit_is_one_hot_at_argmax():
     # As tau -> 0, z -> one-hot at argmax(y_1, ..., y_{K-1}, tau*log(delta) -> 0).
     torch.manual_seed(5)
-    d = InvertibleGaussian(torch.tensor([0.3, -0.2, 0.1]), 1.0, 1e-3, 1.0)
+    d = InvertibleGaussian(1e-3, torch.tensor([0.3, -0.2, 0.1]), 1.0, 1.0)
     z = d.sample((4000,))
     y = d._cache[1]
     winner = torch.cat([y, torch.zeros(y.shape[:-1] + (1,))], -1).argmax(-1)
@@ -194,11 +194,11 @@ def test_igr_low_temperature_limit_is_one_hot_at_argmax():
 
 def test_igr_shapes_expand_and_independent_noise():
     torch.manual_seed(6)
-    d = InvertibleGaussian(torch.zeros(5, 2), torch.ones(5, 2), torch.full((5,), 0.5))
+    d = InvertibleGaussian(torch.full((5,), 0.5), torch.zeros(5, 2), torch.ones(5, 2))
     assert d.batch_shape == (5,) and d.event_shape == (3,)
     z = d.rsample((7,))
     assert z.shape == (7, 5, 3) and d.log_prob(z).shape == (7, 5)
-    e = InvertibleGaussian(torch.zeros(2), 1.0, 0.5).expand((4000, 2))
+    e = InvertibleGaussian(0.5, torch.zeros(2), 1.0).expand((4000, 2))
     assert e.batch_shape == (4000, 2) and e.loc.shape == (4000, 2, 2)
     z = e.sample()
     # identical parameters, but every batch element gets its own noise: correlation ~ N(0, 1/n),
@@ -209,13 +209,13 @@ def test_igr_shapes_expand_and_independent_noise():
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(loc=torch.tensor([float("nan"), 0.0]), scale=1.0), "loc"),
-    (dict(loc=torch.zeros(2), scale=0.0), "scale"),
-    (dict(loc=torch.zeros(2), scale=torch.tensor([1.0, -1.0])), "scale"),
+    (dict(loc=torch.tensor([float("nan"), 0.0]), scale=1.0, temperature=1.0), "loc"),
+    (dict(loc=torch.zeros(2), scale=0.0, temperature=1.0), "scale"),
+    (dict(loc=torch.zeros(2), scale=torch.tensor([1.0, -1.0]), temperature=1.0), "scale"),
     (dict(loc=torch.zeros(2), scale=1.0, temperature=0.0), "temperature"),
     (dict(loc=torch.zeros(2), scale=1.0, temperature=-0.5), "temperature"),
-    (dict(loc=torch.zeros(2), scale=1.0, delta=0.0), "delta"),
-    (dict(loc=torch.tensor(0.0), scale=1.0), "loc"),
+    (dict(loc=torch.zeros(2), scale=1.0, delta=0.0, temperature=1.0), "delta"),
+    (dict(loc=torch.tensor(0.0), scale=1.0, temperature=1.0), "loc"),
 ])
 def test_igr_validation_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):

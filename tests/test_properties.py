@@ -44,13 +44,13 @@ class TopKHard:
 FACTORIES = {
     "RelaxedBernoulli": bernoulli_like(RelaxedBernoulli),
     "GumbelSoftmax": categorical_like(GumbelSoftmax),
-    "HardConcrete": lambda logits, tau: HardConcrete(logits, beta=tau),
+    "HardConcrete": lambda logits, tau: HardConcrete(tau, logits=logits),
     "StochasticGate": lambda logits, tau: StochasticGate(logits / 10, sigma=tau),
     "StraightThroughBernoulli": lambda logits, tau: StraightThroughBernoulli(logits=logits),
     "StochasticTimesSmooth": lambda logits, tau: StochasticTimesSmooth(logits=logits),
     "CorrelatedRelaxedBernoulli": lambda logits, tau: CorrelatedRelaxedBernoulli(
         tau, logits=logits, correlation=equicorrelation(0.3, 10, dtype=logits.dtype)),
-    "InvertibleGaussian": lambda logits, tau: InvertibleGaussian(logits.reshape(2, 5) / 3, 1.0, temperature=tau),
+    "InvertibleGaussian": lambda logits, tau: InvertibleGaussian(tau, logits.reshape(2, 5) / 3, 1.0),
     "LogisticNormalSoftmax": lambda logits, tau: LogisticNormalSoftmax(logits.reshape(2, 5) / 3, 1.0),
     "GumbelTopK": TopKHard,
 }

@@ -16,15 +16,28 @@ Mixins (listed before :class:`RelaxrunDistribution` among a class's bases):
 * :class:`SampleCache` -- what sampling computed about the latest sample, for ``log_prob`` at that
   very tensor, under the rule that keeps the density's value *and* gradient those of the general
   formula.
+
+**Pyro.** With ``pyro-ppl`` installed (``pip install "relaxrun[pyro]"``), :class:`RelaxrunDistribution`
+also derives from Pyro's ``TorchDistributionMixin``, so every distribution here can be used in
+``pyro.sample``, ``.to_event()``, ``.mask()``, plates and Pyro's inference algorithms as it is. Without
+pyro nothing imports it and the classes are plain torch distributions.
+
+**What is not available says why.** ``mean``, ``variance``, ``entropy``, ``cdf``, ``icdf``,
+``enumerate_support`` and ``mode`` that a class does not implement raise ``NotImplementedError`` with
+the reason the class declares in ``_unavailable`` (e.g. "no closed form; estimate it from samples"),
+and ``kl_divergence`` between relaxrun distributions of a pair with no registered exact form raises
+``NotImplementedError`` naming the pair and the Monte Carlo estimate to use instead.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from numbers import Number
 
 import torch
 from torch.distributions import Distribution, constraints
+from torch.distributions.kl import register_kl
 from torch.distributions.utils import lazy_property
 
 __all__ = [
@@ -41,6 +54,8 @@ __all__ = [
     "logit",
     "log_clamped",
     "log1mexp",
+    "open_unit_interval",
+    "PYRO_AVAILABLE",
     "atoms_and_density",
     "uniform_noise",
     "normal_noise",
@@ -77,8 +92,67 @@ def _first_bad(value: torch.Tensor, ok: torch.Tensor) -> str:
     return f"{bad[0].item():.6g}" if bad.numel() else "?"
 
 
-class RelaxrunDistribution(Distribution):
-    """Base class: friendlier ``validate_args`` messages; otherwise a plain torch Distribution."""
+def _pyro_bases() -> tuple:
+    """Pyro's ``TorchDistributionMixin`` as an extra base when pyro is installed; () otherwise.
+
+    ``find_spec`` looks for the package without importing it, so without pyro nothing is imported.
+    """
+    if importlib.util.find_spec("pyro") is None:
+        return ()
+    try:
+        from pyro.distributions.torch_distribution import TorchDistributionMixin
+    except ImportError:  # an incompatible or broken install: stay a plain torch distribution
+        return ()
+    return (TorchDistributionMixin,)
+
+
+_PYRO_BASES = _pyro_bases()
+#: whether relaxrun's distributions are Pyro distributions in this environment
+PYRO_AVAILABLE = bool(_PYRO_BASES)
+
+_NO_CLOSED_FORM = "it has no closed form here; estimate it from samples"
+_NOT_DISCRETE = "the law is not discrete (its support is not a finite set)"
+
+
+class RelaxrunDistribution(Distribution, *_PYRO_BASES):
+    """Base class: friendlier ``validate_args`` messages; otherwise a plain torch Distribution (and,
+    with pyro installed, a Pyro one).
+
+    A subclass lists in ``_unavailable`` the reason a quantity it does not implement is missing
+    (``{"mean": "why", ...}``); the default reason is that there is no closed form.
+    """
+
+    _unavailable: dict[str, str] = {}
+
+    def _not_available(self, what: str):
+        reason = self._unavailable.get(what)
+        if reason is None:
+            reason = _NOT_DISCRETE if what == "enumerate_support" else _NO_CLOSED_FORM
+        return NotImplementedError(f"{type(self).__name__}: {what} is not available: {reason}")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        raise self._not_available("mean")
+
+    @property
+    def mode(self) -> torch.Tensor:
+        raise self._not_available("mode")
+
+    @property
+    def variance(self) -> torch.Tensor:
+        raise self._not_available("variance")
+
+    def entropy(self) -> torch.Tensor:
+        raise self._not_available("entropy")
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        raise self._not_available("cdf")
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        raise self._not_available("icdf")
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        raise self._not_available("enumerate_support")
 
     def __init__(self, batch_shape=torch.Size(), event_shape=torch.Size(), validate_args=None):
         if validate_args is None:
@@ -311,6 +385,23 @@ def logit(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
+def open_unit_interval(z: torch.Tensor) -> torch.Tensor:
+    """``z`` with its values moved into the open interval (0, 1) of its dtype: 1.0 becomes the largest
+    number below 1 (1 - eps/2) and anything below the smallest normal number becomes that number.
+
+    For samples ``z = sigmoid(y)``: in float32 ``sigmoid`` rounds to exactly 1 for ``y`` above 16.6
+    and underflows for ``y`` below -87 (to subnormals, then 0), so a relaxed Bernoulli at a small
+    temperature would return points outside its support (0, 1). The move is at most one unit in the
+    last place at 1 and below 1.2e-38 at 0 in float32. The gradient is that of ``z`` unmoved (the
+    correction is added detached), so the pathwise derivative stays ``sigmoid'(y)`` exactly.
+    """
+    finfo = torch.finfo(z.dtype)
+    inside = z.detach().clamp(finfo.tiny, 1.0 - finfo.eps / 2)
+    if not z.requires_grad:
+        return inside
+    return z + (inside - z.detach())
+
+
 def log_clamped(p: torch.Tensor) -> torch.Tensor:
     """log max(p, tiny): a zero probability becomes a very negative but finite log (about -87 in
     float32, -708 in float64), so that the sums, keys and gradients made from it stay finite."""
@@ -346,3 +437,19 @@ def atoms_and_density(value: torch.Tensor, log_mass_zero: torch.Tensor, log_mass
 
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+# -- KL pairs without an exact form --------------------------------------------------------------
+def _no_exact_kl(p: Distribution, q: Distribution):
+    raise NotImplementedError(
+        f"kl_divergence({type(p).__name__} || {type(q).__name__}) has no exact form registered in relaxrun "
+        f"(see docs/library.md for the pairs that have one); use the Monte Carlo estimate "
+        f"(p.log_prob(z) - q.log_prob(z)).mean() over z = p.sample((n,)), with its standard error"
+    )
+
+
+# registered for the base class on either side: any pair involving a relaxrun distribution that has
+# no more specific registration ends here instead of at torch's bare NotImplementedError
+register_kl(RelaxrunDistribution, RelaxrunDistribution)(_no_exact_kl)
+register_kl(RelaxrunDistribution, Distribution)(_no_exact_kl)
+register_kl(Distribution, RelaxrunDistribution)(_no_exact_kl)

@@ -36,54 +36,62 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ._common import (DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, atoms_and_density, check_positive,
-                      logit)
+from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, atoms_and_density, check_positive, logit,
+                      probs_or_logits)
 from .binary_concrete import binary_concrete_logit_log_prob, sample_logistic
 
 __all__ = ["HardConcrete"]
 
 
-class HardConcrete(DeclaredExpand, SampleCache, RelaxrunDistribution):
+class HardConcrete(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
     """Stretched-and-clamped Binary Concrete on [0, 1] with atoms at 0 and 1.
 
     Args:
-        log_alpha: location log(alpha) (any finite real); ``logits`` is an alias property.
-        beta: temperature > 0 (default 2/3; number or tensor, learnable if it requires grad).
+        temperature: beta > 0 (default 2/3, the paper's; number or tensor, learnable if it requires
+            grad). ``beta`` is an alias property.
+        probs: sigmoid(log alpha), the probability P(s > 1/2) of the Binary Concrete before the
+            stretch; or
+        logits: log alpha (any finite real; ``log_alpha`` is an alias property). Exactly one of the two.
         l: lower stretch limit, a number < 0 (default -0.1).
         r: upper stretch limit, a number > 1 (default 1.1).
 
-    Shapes: ``batch_shape`` is the broadcast shape of ``log_alpha`` and ``beta``; ``event_shape`` is
-    ``()``; ``rsample(sample_shape)`` returns ``sample_shape + batch_shape`` with an independent
-    uniform for every element.
+    Shapes: ``batch_shape`` is the broadcast shape of the parameters; ``event_shape`` is ``()``;
+    ``rsample(sample_shape)`` returns ``sample_shape + batch_shape`` with an independent uniform for
+    every element.
     """
 
-    arg_constraints = {"log_alpha": constraints.real, "beta": constraints.positive}
+    arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real,
+                       "temperature": constraints.positive}
     support = constraints.unit_interval
     has_rsample = True
-    _expand_params = {"log_alpha": 0, "beta": 0}
+    _expand_params = {"probs": 0, "logits": 0, "temperature": 0}
     _expand_copy = ("l", "r")
     _draw = None  # (z, y, logistic noise) of the latest rsample, when the shortcut is valid
+    _unavailable = {"mode": "the law is bimodal for small temperatures (atoms at 0 and 1 and a density between)",
+                    "enumerate_support": "the law has atoms at 0 and 1 and a density on (0, 1): no finite support"}
 
-    def __init__(self, log_alpha, beta=2.0 / 3.0, l=-0.1, r=1.1, validate_args=None):
+    def __init__(self, temperature=2.0 / 3.0, probs=None, logits=None, l=-0.1, r=1.1, validate_args=None):
         name = "HardConcrete"
         for arg, val, ok, rng in (("l", l, lambda v: v < 0, "< 0"), ("r", r, lambda v: v > 1, "> 1")):
             if not isinstance(val, Number) or isinstance(val, bool) or not math.isfinite(val) or not ok(val):
                 raise ValueError(f"{name}: {arg} must be a finite number {rng}; got {val!r}")
-        log_alpha = as_tensor(log_alpha, name="log_alpha", dist=name)
-        beta = check_positive(beta, "beta", name, like=log_alpha, validate=validate_args is not False)
-        self.log_alpha, self.beta = broadcast_all(log_alpha, beta)
+        pname, param = probs_or_logits(probs, logits, name, is_binary=True)
+        temperature = check_positive(temperature, "temperature", name, like=param, validate=validate_args is not False)
+        temperature, param = broadcast_all(temperature, param)
+        self.temperature = temperature
+        setattr(self, pname, param)
         self.l, self.r = float(l), float(r)
-        super().__init__(self.log_alpha.shape, validate_args=validate_args)
+        super().__init__(param.shape, validate_args=validate_args)
 
     @property
-    def logits(self) -> torch.Tensor:
-        """Alias of ``log_alpha`` (the Binary Concrete logits before stretching)."""
-        return self.log_alpha
+    def log_alpha(self) -> torch.Tensor:
+        """Alias of ``logits``: Louizos et al.'s log alpha, the Binary Concrete location before stretching."""
+        return self.logits
 
     @property
-    def temperature(self) -> torch.Tensor:
-        """Alias of ``beta``."""
-        return self.beta
+    def beta(self) -> torch.Tensor:
+        """Alias of ``temperature`` (Louizos et al.'s beta)."""
+        return self.temperature
 
     # -- sampling -------------------------------------------------------------------------------
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:

@@ -68,9 +68,9 @@ class InvertibleGaussian(DeclaredExpand, SampleCache, RelaxrunDistribution):
     """IGR relaxed categorical on the ``K``-simplex (Potapczynski et al. 2020).
 
     Args:
+        temperature: ``tau`` > 0, one per distribution (broadcasts with ``batch_shape``).
         loc: mean ``mu`` of the Gaussian, shape ``batch_shape + (K-1,)``, finite.
         scale: its **standard deviation** ``sigma`` (not variance), broadcastable with ``loc``, > 0.
-        temperature: ``tau`` > 0, one per distribution (broadcasts with ``batch_shape``).
         delta: the softmax++ term ``delta`` > 0 (1 by default), one per distribution.
 
     ``rsample`` returns points of the open simplex, shape ``sample_shape + batch_shape + (K,)``.
@@ -91,7 +91,7 @@ class InvertibleGaussian(DeclaredExpand, SampleCache, RelaxrunDistribution):
     has_rsample = True
     _expand_params = {"loc": 1, "scale": 1, "temperature": 0, "delta": 0}
 
-    def __init__(self, loc, scale, temperature=1.0, delta=1.0, validate_args=None):
+    def __init__(self, temperature, loc, scale, delta=1.0, validate_args=None):
         loc = as_tensor(loc, name="loc", dist=_NAME)
         if loc.dim() < 1 or loc.shape[-1] < 1:
             raise ValueError(

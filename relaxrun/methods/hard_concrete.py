@@ -60,13 +60,13 @@ class HardConcreteMethod(UnitLatentMethod):
     latent_type = "Hard Concrete gate in [0, 1] (atoms at 0 and 1)"
 
     def posterior(self, params: torch.Tensor, tau: float) -> HardConcrete:
-        return HardConcrete(params, tau, l=self.cfg.l, r=self.cfg.r, validate_args=False)
+        return HardConcrete(tau, logits=params, l=self.cfg.l, r=self.cfg.r, validate_args=False)
 
     def _prior_unbatched(self, like: torch.Tensor, tau: float) -> HardConcrete:
         """The prior with scalar parameters: its log_prob broadcasts over a batch of values, computing
         the atoms once instead of once per entry."""
         log_alpha = torch.tensor(self.cfg.prior_log_alpha, dtype=like.dtype, device=like.device)
-        return HardConcrete(log_alpha, tau, l=self.cfg.l, r=self.cfg.r, validate_args=False)
+        return HardConcrete(tau, logits=log_alpha, l=self.cfg.l, r=self.cfg.r, validate_args=False)
 
     def prior(self, like: torch.Tensor, tau: float) -> HardConcrete:
         return self._prior_unbatched(like, tau).expand(like.shape)

@@ -65,13 +65,13 @@ class InvertibleGaussianMethod(Method):
     def posterior(self, params: torch.Tensor, tau: float) -> InvertibleGaussian:
         n, k1 = self.cfg.latent_dim, self.cfg.categories - 1
         loc, raw = params.reshape(*params.shape[:-1], n, 2, k1).unbind(-2)
-        return InvertibleGaussian(loc, F.softplus(raw) + MIN_SCALE, tau, self.cfg.delta, validate_args=False)
+        return InvertibleGaussian(tau, loc, F.softplus(raw) + MIN_SCALE, self.cfg.delta, validate_args=False)
 
     def prior(self, like: torch.Tensor, tau: float) -> InvertibleGaussian:
         """IGR prior with ``like``'s shape ``[..., N, K-1]``."""
-        return InvertibleGaussian(torch.full_like(like, self.cfg.prior_loc),
+        return InvertibleGaussian(tau, torch.full_like(like, self.cfg.prior_loc),
                                   torch.full_like(like, self.cfg.prior_scale),
-                                  tau, self.cfg.delta, validate_args=False)
+                                  self.cfg.delta, validate_args=False)
 
     def _sample(self, q: InvertibleGaussian, sample_shape=torch.Size()):
         y = q.rsample_gaussian(sample_shape)
