@@ -94,8 +94,11 @@ def test_log_prob_of_own_float32_samples_small_tau():
     y64 = d._cache[1].double()
     lp64 = RelaxedBernoulli(0.05, logits=logits.double()).log_prob_logit(y64)
     assert torch.allclose(lp32.double(), lp64, rtol=1e-5, atol=1e-2)
-    # many of these samples rounded to exactly 0 or 1 in float32: the cache is what keeps them exact
-    assert ((z == 0) | (z == 1)).float().mean() > 0.5
+    # none is exactly 0 or 1, but most sit on the last float32 numbers inside (0, 1), where the value
+    # no longer holds the logit: the cache is what keeps their density exact
+    assert not ((z == 0) | (z == 1)).any()
+    edge = (z <= torch.finfo(z.dtype).tiny) | (z >= 1 - torch.finfo(z.dtype).eps / 2)
+    assert edge.float().mean() > 0.5
 
 
 def test_reparameterised_gradient_matches_finite_differences():

@@ -16,9 +16,13 @@ which is Maddison et al. (2017), eq. 2, written in logit space: every term stays
 :math:`P(z \le x) = \sigma(\tau\,\mathrm{logit}(x) - \text{logits})` and
 :math:`P(z > 1/2) = \sigma(\text{logits})` for every temperature.
 
-``log_prob`` of the tensor most recently returned by ``rsample``/``sample`` uses the cached
-logit of that sample (as torch's transform caches do), so the density of the distribution's own
-float32 samples is exact even when they have rounded to 0 or 1.
+Samples lie in the open interval (0, 1) at every temperature, in float32 and float64: where
+``sigmoid(y)`` rounds to 1 (``y`` > 16.6 in float32) or underflows (``y`` < -87), the value is moved
+to the nearest number inside, 1 - 2^-24 or 2^-126 (:func:`~relaxrun.distributions._common.
+open_unit_interval`; the pathwise gradient is that of ``sigmoid(y)``). ``log_prob`` of the tensor
+most recently returned by ``rsample``/``sample`` uses the cached logit ``y`` of that sample (as
+torch's transform caches do), so the density of the distribution's own float32 samples keeps its
+logit-space accuracy where the value itself was rounded.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import constraints
+from torch.distributions import constraints, register_kl
 from torch.distributions.utils import broadcast_all
 
-from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, logit, probs_or_logits,
-                      uniform_noise)
+from ._quadrature import logistic_expectation, logistic_log_density
+from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, logit,
+                      open_unit_interval, probs_or_logits, uniform_noise)
 
 __all__ = ["RelaxedBernoulli", "binary_concrete_logit_log_prob"]
 
@@ -88,7 +93,7 @@ class RelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
 
     def rsample(self, sample_shape=torch.Size(), generator=None) -> torch.Tensor:
         y = self.rsample_logit(sample_shape, generator)
-        z = torch.sigmoid(y)
+        z = open_unit_interval(torch.sigmoid(y))
         # y = logit(z) without the rounding of z: a value auxiliary (see SampleCache), valid at
         # sample() and at rsample() alike
         self._remember("_cache", z, y)
@@ -114,11 +119,77 @@ class RelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
         return torch.sigmoid(self.temperature * logit(value) - self.logits)
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid((self.logits + logit(value)) / self.temperature)
+        return open_unit_interval(torch.sigmoid((self.logits + logit(value)) / self.temperature))
+
+    # -- moments by quadrature (see relaxrun.distributions._quadrature) ------------------------
+    def _logit_law(self):
+        """(location, scale) of y = logit(z) ~ Logistic(logits / tau, 1 / tau), float64, ``batch_shape``."""
+        t = self.temperature.to(torch.float64)
+        return self.logits.to(torch.float64) / t, t.reciprocal()
 
     @property
-    def mode(self):
-        raise NotImplementedError("RelaxedBernoulli: the mode depends on tau (bimodal for tau < 1)")
+    def mean(self) -> torch.Tensor:
+        r"""E[z] = E[sigmoid(y)] by 1-D quadrature over y (no closed form for tau != 1; at tau = 1 it
+        is :math:`e^l(e^l - 1 - l)/(e^l - 1)^2`, the CDF at l of the sum of two logistics)."""
+        loc, scale = self._logit_law()
+        return logistic_expectation(torch.sigmoid, loc, scale).to(self.logits.dtype)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """E[(z - E z)^2] by 1-D quadrature over y."""
+        loc, scale = self._logit_law()
+        m = logistic_expectation(torch.sigmoid, loc, scale).unsqueeze(-1)
+        return logistic_expectation(lambda y: (torch.sigmoid(y) - m) ** 2, loc, scale).to(self.logits.dtype)
+
+    def entropy(self) -> torch.Tensor:
+        """-E[log p(z)] (differential entropy on (0, 1)) by 1-D quadrature over y = logit(z)."""
+        loc, scale = self._logit_law()
+        l64, t64 = self.logits.to(torch.float64).unsqueeze(-1), self.temperature.to(torch.float64).unsqueeze(-1)
+        h = logistic_expectation(lambda y: -binary_concrete_logit_log_prob(y, l64, t64), loc, scale)
+        return h.to(self.logits.dtype)
+
+    _unavailable = {"mode": "the mode depends on tau (the density is bimodal for tau < 1)",
+                    "enumerate_support": "the law is continuous on (0, 1)"}
 
     def __repr__(self):
         return f"RelaxedBernoulli(temperature: {tuple(self.temperature.shape)}, logits: {tuple(self.logits.shape)})"
+
+
+def _kl_same_scale_logistic(delta: torch.Tensor) -> torch.Tensor:
+    """KL(Logistic(m, s) || Logistic(m + delta s, s)) = delta coth(delta / 2) - 2, for any scale s.
+
+    Derivation: with u standard logistic the KL is -delta + 2 E[softplus(delta - u)] - 2 E[softplus(-u)];
+    softplus(t) = E[(t - v)^+] for v standard logistic, and u + v has the CDF F(w) = e^w (e^w - 1 - w) /
+    (e^w - 1)^2, whose integral is w / (1 - e^{-w}); so E[softplus(delta - u)] = delta / (1 - e^{-delta})
+    (1 at delta = 0). Near 0 the series delta^2/6 - delta^4/360 + delta^6/15120 avoids the cancellation.
+    """
+    small = delta.abs() < 0.1
+    d = torch.where(small, torch.ones_like(delta), delta)  # keeps the unused branch finite (no 0/0 in grad)
+    exact = d / torch.tanh(d / 2) - 2
+    d2 = delta * delta
+    series = d2 / 6 - d2 * d2 / 360 + d2 * d2 * d2 / 15120
+    return torch.where(small, series, exact)
+
+
+@register_kl(RelaxedBernoulli, RelaxedBernoulli)
+def _kl_relaxed_bernoulli(p: RelaxedBernoulli, q: RelaxedBernoulli) -> torch.Tensor:
+    r"""KL between two Binary Concretes: the KL of their logits y (a shared bijection z = sigmoid(y)).
+
+    With equal temperatures both y are logistic with the same scale 1/tau, and the KL is
+    :math:`\delta\coth(\delta/2) - 2` with :math:`\delta = 	ext{logits}_q - 	ext{logits}_p`, whatever
+    tau is. With different temperatures it is the 1-D integral of :math:`p(y)\log(p(y)/q(y))`, computed
+    by the quadrature of :mod:`relaxrun.distributions._quadrature` (float64).
+    """
+    tp, tq = torch.broadcast_tensors(p.temperature, q.temperature)
+    if bool((tp == tq).all()):
+        return _kl_same_scale_logistic(q.logits - p.logits)
+    lp, lq = torch.broadcast_tensors(p.logits, q.logits)
+    tp, tq = torch.broadcast_tensors(tp, lp)[0], torch.broadcast_tensors(tq, lq)[0]
+    loc_p, scale_p = lp.to(torch.float64) / tp.to(torch.float64), tp.to(torch.float64).reciprocal()
+    loc_q, scale_q = lq.to(torch.float64) / tq.to(torch.float64), tq.to(torch.float64).reciprocal()
+    lpq = (loc_p.unsqueeze(-1), scale_p.unsqueeze(-1), loc_q.unsqueeze(-1), scale_q.unsqueeze(-1))
+
+    def log_ratio(y):
+        return logistic_log_density(y, lpq[0], lpq[1]) - logistic_log_density(y, lpq[2], lpq[3])
+
+    return logistic_expectation(log_ratio, loc_p, scale_p).to(lp.dtype)

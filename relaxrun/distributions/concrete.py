@@ -165,5 +165,17 @@ class GumbelSoftmax(CategoricalProbsLogits, SampleCache, RelaxrunDistribution):
             log_z = torch.log(value.clamp_min(torch.finfo(value.dtype).tiny))
         return self.log_prob_log_value(log_z)
 
+    _unavailable = {
+        "mean": "E[softmax((logits + g) / tau)] is a (K-1)-dimensional integral with no closed form for K > 2 "
+                "(for K = 2 use RelaxedBernoulli, whose mean is a 1-D quadrature); estimate it from samples",
+        "variance": "no closed form for K > 2 (as the mean); estimate it from samples",
+        "mode": "the mode depends on tau (the density is multimodal for small tau)",
+        "entropy": "no closed form for K > 2; estimate -log_prob from samples",
+        "cdf": "the law is multivariate (on the simplex)",
+        "icdf": "the law is multivariate (on the simplex)",
+        "enumerate_support": "the law is continuous on the simplex (the hard one-hot sample's law is "
+                             "torch.distributions.OneHotCategorical(logits=...))",
+    }
+
     def __repr__(self):
         return f"GumbelSoftmax(temperature: {tuple(self.temperature.shape)}, logits: {tuple(self.logits.shape)})"

@@ -51,7 +51,7 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
 from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, keeps_sample_path, logit,
-                      normal_noise, probs_or_logits)
+                      normal_noise, open_unit_interval, probs_or_logits)
 from .binary_concrete import RelaxedBernoulli, binary_concrete_logit_log_prob
 
 __all__ = [
@@ -257,7 +257,7 @@ class CorrelatedRelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistrib
         # logit(Phi(w)) from log-CDFs: exact for |w| where Phi(w) itself would round to 0 or 1
         logit_u = torch.special.log_ndtr(w) - torch.special.log_ndtr(-w)
         y = (logit_u + self.logits) / self.temperature
-        z = torch.sigmoid(y)
+        z = open_unit_interval(torch.sigmoid(y))  # never exactly 0 or 1 (see RelaxedBernoulli)
         # y = logit(z) is a value auxiliary; w is a path auxiliary, kept only where it gives the
         # density's gradient (see SampleCache) and otherwise recomputed from y by log_prob
         keep_w = keeps_sample_path(z, (self.logits, self.temperature, self._scale_tril))
@@ -321,6 +321,25 @@ class CorrelatedRelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistrib
     def _log_prob_from(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         marginals = binary_concrete_logit_log_prob(y, self.logits, self.temperature).sum(-1)
         return marginals + self._copula_from_latent(w)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[z_i], that of the Binary Concrete marginal (1-D quadrature; the copula does not change it)."""
+        return self.marginal().mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Var z_i, that of the Binary Concrete marginal (1-D quadrature)."""
+        return self.marginal().variance
+
+    _unavailable = {
+        "entropy": "the Gaussian copula's part E[log c_R(u)] has no closed form for these marginals; estimate "
+                   "-log_prob from samples",
+        "mode": "the mode depends on tau and R",
+        "cdf": "the law is multivariate (D coordinates); the marginal CDF is marginal().cdf",
+        "icdf": "the law is multivariate (D coordinates); the marginal quantile is marginal().icdf",
+        "enumerate_support": "the law is continuous on (0, 1)^D",
+    }
 
     def __repr__(self):
         return (f"CorrelatedRelaxedBernoulli(logits: {tuple(self.logits.shape)}, "

@@ -184,6 +184,14 @@ class PlackettLuce(CategoricalProbsLogits, RelaxrunDistribution):
             values = values.expand((len(tuples),) + self.batch_shape + (self.k,))
         return values
 
+    _unavailable = {
+        "mean": "the values are ordered tuples of category indices, whose average has no meaning",
+        "variance": "the values are ordered tuples of category indices",
+        "mode": "the most probable tuple is the categories sorted by logits: logits.topk(k).indices",
+        "entropy": "no closed form; for small K sum -p log p over enumerate_support()",
+        "cdf": "the values are tuples of category indices", "icdf": "the values are tuples of category indices",
+    }
+
     def __repr__(self):
         return f"PlackettLuce(k={self.k}, logits: {tuple(self.logits.shape)})"
 
@@ -268,6 +276,16 @@ class GumbelTopK(CategoricalProbsLogits, RelaxrunDistribution):
             "GumbelTopK: the relaxed k-hot vector has no tractable density; use "
             "log_prob_hard(indices) on the ordered hard sample from rsample_with_hard"
         )
+
+    _unavailable = {
+        "mean": "the relaxed k-hot vector's law has no tractable form; estimate it from samples",
+        "variance": "the relaxed k-hot vector's law has no tractable form; estimate it from samples",
+        "mode": "the relaxed k-hot vector's law has no tractable form",
+        "entropy": "the relaxed k-hot vector has no tractable density",
+        "cdf": "the law is multivariate", "icdf": "the law is multivariate",
+        "enumerate_support": "the relaxed k-hot vector is continuous; the ordered hard sample's law is "
+                             "hard (PlackettLuce), which has enumerate_support",
+    }
 
     def __repr__(self):
         return (f"GumbelTopK(k={self.k}, temperature: {tuple(self.temperature.shape)}, "

@@ -33,11 +33,12 @@ from numbers import Number
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import constraints
+from torch.distributions import constraints, register_kl
 from torch.distributions.utils import broadcast_all
 
 from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, atoms_and_density, check_positive, logit,
                       probs_or_logits)
+from ._quadrature import logistic_expectation, logistic_log_density
 from .binary_concrete import binary_concrete_logit_log_prob, sample_logistic
 
 __all__ = ["HardConcrete"]
@@ -167,6 +168,85 @@ class HardConcrete(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
         c = torch.where(value >= 1, torch.ones_like(c), c)
         return torch.where(value < 0, torch.zeros_like(c), c)
 
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Quantile function inf{x : P(z <= x) >= q}: the stretched Binary Concrete quantile clamped to
+        [0, 1] (0 for q <= P(z = 0), 1 for q > 1 - P(z = 1))."""
+        q = torch.as_tensor(value, dtype=self.logits.dtype, device=self.logits.device)
+        s = torch.sigmoid((self.logits + logit(q)) / self.temperature)
+        return torch.clamp(s * (self.r - self.l) + self.l, 0.0, 1.0)
+
+    # -- moments, entropy: the atoms plus a 1-D quadrature over the logit y of the open part --------
+    def _open_part(self):
+        """(loc, scale, y0, y1): y = logit(s) ~ Logistic(log_alpha / beta, 1 / beta) in float64, and the
+        interval (y0, y1) of y where 0 < z < 1 (z = sigmoid(y) (r - l) + l)."""
+        t = self.temperature.to(torch.float64)
+        y0 = math.log(-self.l / self.r)  # logit(-l / (r - l))
+        y1 = math.log((1 - self.l) / (self.r - 1))  # logit((1 - l) / (r - l))
+        return self.logits.to(torch.float64) / t, t.reciprocal(), y0, y1
+
+    def _stretch(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(y) * (self.r - self.l) + self.l
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[z] = P(z = 1) + E[z 1{0 < z < 1}], the open part by quadrature."""
+        loc, scale, y0, y1 = self._open_part()
+        inner = logistic_expectation(self._stretch, loc, scale, y0, y1)
+        return (self.log_prob_one().to(torch.float64).exp() + inner).to(self.logits.dtype)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """E[(z - E z)^2] = P(z = 0) m^2 + P(z = 1)(1 - m)^2 + E[(z - m)^2 1{0 < z < 1}]."""
+        loc, scale, y0, y1 = self._open_part()
+        p1 = self.log_prob_one().to(torch.float64).exp()
+        p0 = self.log_prob_zero().to(torch.float64).exp()
+        m = p1 + logistic_expectation(self._stretch, loc, scale, y0, y1)
+        mm = m.unsqueeze(-1)
+        inner = logistic_expectation(lambda y: (self._stretch(y) - mm) ** 2, loc, scale, y0, y1)
+        return (p0 * m * m + p1 * (1 - m) ** 2 + inner).to(self.logits.dtype)
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy with respect to the dominating measure of ``log_prob`` (Lebesgue on (0, 1) plus unit
+        atoms at 0 and 1): -P0 log P0 - P1 log P1 - E[log p(z) 1{0 < z < 1}], the last by quadrature
+        (log p(z) = log p(y) - log((r - l) sigmoid'(y)))."""
+        loc, scale, y0, y1 = self._open_part()
+        lp0, lp1 = self.log_prob_zero().to(torch.float64), self.log_prob_one().to(torch.float64)
+        lo, sc = loc.unsqueeze(-1), scale.unsqueeze(-1)
+        width = math.log(self.r - self.l)
+
+        def neg_log_density(y):
+            log_jac = width - F.softplus(y) - F.softplus(-y)
+            return log_jac - logistic_log_density(y, lo, sc)
+
+        inner = logistic_expectation(neg_log_density, loc, scale, y0, y1)
+        return (-lp0.exp() * lp0 - lp1.exp() * lp1 + inner).to(self.logits.dtype)
+
     def __repr__(self):
         return (f"HardConcrete(log_alpha: {tuple(self.log_alpha.shape)}, beta: {tuple(self.beta.shape)}, "
                 f"l={self.l}, r={self.r})")
+
+
+@register_kl(HardConcrete, HardConcrete)
+def _kl_hard_concrete(p: HardConcrete, q: HardConcrete) -> torch.Tensor:
+    """KL(p || q) for the same stretch (l, r), any locations and temperatures: the atoms' terms
+    P0 log(P0/Q0) + P1 log(P1/Q1) plus the open part, the integral over y0 < y < y1 of
+    p(y) log(p(y)/q(y)) (the map from y to z is shared, so its Jacobian cancels), by quadrature."""
+    if (p.l, p.r) != (q.l, q.r):
+        raise NotImplementedError(
+            f"kl_divergence(HardConcrete || HardConcrete) needs the same stretch (l, r); got {(p.l, p.r)} and "
+            f"{(q.l, q.r)} (the supports' atoms differ in meaning); use the Monte Carlo estimate "
+            f"(p.log_prob(z) - q.log_prob(z)).mean() over z = p.sample((n,))")
+    shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+    p, q = p.expand(shape), q.expand(shape)
+    loc_p, scale_p, y0, y1 = p._open_part()
+    loc_q, scale_q, _, _ = q._open_part()
+    args = (loc_p.unsqueeze(-1), scale_p.unsqueeze(-1), loc_q.unsqueeze(-1), scale_q.unsqueeze(-1))
+
+    def log_ratio(y):
+        return logistic_log_density(y, args[0], args[1]) - logistic_log_density(y, args[2], args[3])
+
+    inner = logistic_expectation(log_ratio, loc_p, scale_p, y0, y1)
+    lp0, lq0 = p.log_prob_zero().to(torch.float64), q.log_prob_zero().to(torch.float64)
+    lp1, lq1 = p.log_prob_one().to(torch.float64), q.log_prob_one().to(torch.float64)
+    atoms = lp0.exp() * (lp0 - lq0) + lp1.exp() * (lp1 - lq1)
+    return (atoms + inner).to(p.logits.dtype)

@@ -169,13 +169,16 @@ class InvertibleGaussian(DeclaredExpand, SampleCache, RelaxrunDistribution):
             log_z = torch.log(value.clamp_min(torch.finfo(value.dtype).tiny))
         return self.log_prob_gaussian(self.inverse(log_z), log_z)
 
-    @property
-    def mean(self):
-        raise NotImplementedError(f"{_NAME}: the mean has no closed form; estimate it from samples")
-
-    @property
-    def mode(self):
-        raise NotImplementedError(f"{_NAME}: the mode has no closed form")
+    _unavailable = {
+        "mean": "E[softmax++(y / tau)] of a Gaussian y is a (K-1)-dimensional integral with no closed form; "
+                "estimate it from samples",
+        "variance": "no closed form (as the mean); estimate it from samples",
+        "mode": "no closed form (the density's maximum on the simplex is not the image of the Gaussian's)",
+        "entropy": "it needs E[log z_k] under the law, which has no closed form; estimate -log_prob from samples",
+        "cdf": "the law is multivariate (on the simplex)",
+        "icdf": "the law is multivariate (on the simplex)",
+        "enumerate_support": "the law is continuous on the simplex",
+    }
 
     def __repr__(self):
         return (f"{_NAME}(loc: {tuple(self.loc.shape)}, scale: {tuple(self.scale.shape)}, "

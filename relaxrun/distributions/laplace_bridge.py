@@ -245,9 +245,16 @@ class LogisticNormalSoftmax(DeclaredExpand, SampleCache, RelaxrunDistribution):
             w = log_z[..., :-1] - log_z[..., -1:]
         return self._log_prob_alr(w, log_z)
 
-    @property
-    def mean(self):
-        raise NotImplementedError(f"{_NAME}: the mean has no closed form; estimate it from samples")
+    _unavailable = {
+        "mean": "E[softmax(y)] of a Gaussian y has no closed form; estimate it from samples",
+        "variance": "no closed form (as the mean); estimate it from samples",
+        "mode": "no closed form on the simplex (softmax(loc) is the image of the Gaussian's mode, not the density's)",
+        "entropy": "it needs E[log z_k] under a logistic normal, which has no closed form; estimate -log_prob "
+                   "from samples",
+        "cdf": "the law is multivariate (on the simplex)",
+        "icdf": "the law is multivariate (on the simplex)",
+        "enumerate_support": "the law is continuous on the simplex",
+    }
 
     def __repr__(self):
         return f"{_NAME}(loc: {tuple(self.loc.shape)}, scale: {tuple(self.scale.shape)})"

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import constraints
+from torch.distributions import constraints, register_kl
 from torch.distributions.utils import broadcast_all
 
 from ._common import DeclaredExpand, RelaxrunDistribution, SampleCache, as_tensor, atoms_and_density, check_positive, normal_noise
@@ -38,6 +38,10 @@ from ._common import DeclaredExpand, RelaxrunDistribution, SampleCache, as_tenso
 __all__ = ["StochasticGate"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _std_normal_density(x: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-0.5 * x * x - _HALF_LOG_2PI)
 
 
 class StochasticGate(DeclaredExpand, SampleCache, RelaxrunDistribution):
@@ -123,5 +127,50 @@ class StochasticGate(DeclaredExpand, SampleCache, RelaxrunDistribution):
 
         return self.sigma * (G(self.mu / self.sigma) - G((self.mu - 1) / self.sigma))
 
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Quantile function inf{x : P(z <= x) >= q} = clamp(mu + sigma Phi^{-1}(q), 0, 1)."""
+        q = torch.as_tensor(value, dtype=self.mu.dtype, device=self.mu.device)
+        return torch.clamp(self.mu + self.sigma * torch.special.ndtri(q), 0.0, 1.0)
+
+    def _open_moments(self):
+        r"""(a, b, P(0 < z < 1), E[x 1{a<x<b}], E[x^2 1{a<x<b}]) for x = (z - mu)/sigma standard normal,
+        a = -mu/sigma, b = (1 - mu)/sigma: :math:`\int_a^b x\varphi = \varphi(a) - \varphi(b)`,
+        :math:`\int_a^b x^2\varphi = \Phi(b) - \Phi(a) + a\varphi(a) - b\varphi(b)`."""
+        a, b = -self.mu / self.sigma, (1 - self.mu) / self.sigma
+        phi_a, phi_b = _std_normal_density(a), _std_normal_density(b)
+        mass = torch.special.ndtr(b) - torch.special.ndtr(a)
+        return a, b, mass, phi_a - phi_b, mass + a * phi_a - b * phi_b
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """E[z^2] - E[z]^2 with E[z^2] = P(z = 1) + E[(mu + sigma x)^2 1{0 < z < 1}] (closed form)."""
+        _, _, mass, m1, m2 = self._open_moments()
+        second = self.log_prob_one().exp() + self.mu ** 2 * mass + 2 * self.mu * self.sigma * m1 + self.sigma ** 2 * m2
+        return second - self.mean ** 2
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy with respect to the dominating measure of ``log_prob`` (Lebesgue on (0, 1) plus unit
+        atoms at 0 and 1): -P0 log P0 - P1 log P1 + (log sigma + log(2 pi)/2) P(0<z<1) + E[x^2 1{.}]/2."""
+        _, _, mass, _, m2 = self._open_moments()
+        lp0, lp1 = self.log_prob_zero(), self.log_prob_one()
+        return -lp0.exp() * lp0 - lp1.exp() * lp1 + (torch.log(self.sigma) + _HALF_LOG_2PI) * mass + 0.5 * m2
+
+    _unavailable = {"mode": "the law has atoms at 0 and 1 and a density between; no single mode in general",
+                    "enumerate_support": "the law has atoms at 0 and 1 and a density on (0, 1): no finite support"}
+
     def __repr__(self):
         return f"StochasticGate(mu: {tuple(self.mu.shape)}, sigma: {tuple(self.sigma.shape)})"
+
+
+@register_kl(StochasticGate, StochasticGate)
+def _kl_stochastic_gate(p: StochasticGate, q: StochasticGate) -> torch.Tensor:
+    """KL(p || q), closed form: the atoms' terms P0 log(P0/Q0) + P1 log(P1/Q1) plus the open part,
+    where log p(z) - log q(z) = log(sigma_q/sigma_p) - x^2/2 + (mu_p + sigma_p x - mu_q)^2 / (2 sigma_q^2)
+    is a quadratic in x = (z - mu_p)/sigma_p, integrated against the standard normal over (a, b)."""
+    _, _, mass, m1, m2 = p._open_moments()
+    c = (p.mu - q.mu) / q.sigma
+    k = p.sigma / q.sigma
+    # (c + k x)^2 / 2 - x^2 / 2 + log(sigma_q / sigma_p)
+    inner = (torch.log(q.sigma / p.sigma) + 0.5 * c * c) * mass + c * k * m1 + 0.5 * (k * k - 1) * m2
+    lp0, lq0, lp1, lq1 = p.log_prob_zero(), q.log_prob_zero(), p.log_prob_one(), q.log_prob_one()
+    return lp0.exp() * (lp0 - lq0) + lp1.exp() * (lp1 - lq1) + inner

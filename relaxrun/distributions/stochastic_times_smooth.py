@@ -130,5 +130,19 @@ class StochasticTimesSmooth(BinaryProbsLogits, SampleCache, RelaxrunDistribution
     def variance(self) -> torch.Tensor:
         return self.gate_probs * self.probs - self.probs ** 2
 
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        """The two values (0, sqrt(p)) of every element, shape ``(2,) + batch_shape`` (the second depends
+        on p, so the values are always given at full batch shape)."""
+        g = self.gate_probs
+        return torch.stack([torch.zeros_like(g), g])
+
+    has_enumerate_support = True
+
+    _unavailable = {
+        "mode": "the mode is 0 where sqrt(p) < 1/2, else sqrt(p): compare gate_probs with 0.5",
+        "cdf": "the support {0, sqrt(p)} moves with p; use gate (the Bernoulli law of b) instead",
+        "icdf": "the support {0, sqrt(p)} moves with p; use gate (the Bernoulli law of b) instead",
+    }
+
     def __repr__(self):
         return f"StochasticTimesSmooth(logits: {tuple(self.logits.shape)})"

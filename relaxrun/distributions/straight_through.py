@@ -78,6 +78,18 @@ class StraightThroughBernoulli(BinaryProbsLogits, RelaxrunDistribution):
         values = values.view((-1,) + (1,) * len(self.batch_shape))
         return values.expand((-1,) + self.batch_shape) if expand else values
 
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """P(b <= x): 0 for x < 0, 1 - p for 0 <= x < 1, 1 for x >= 1."""
+        value = torch.as_tensor(value, dtype=self.probs.dtype, device=self.probs.device)
+        value, p = torch.broadcast_tensors(value, self.probs)
+        c = torch.where(value >= 1, torch.ones_like(p), 1 - p)
+        return torch.where(value < 0, torch.zeros_like(c), c)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Quantile function inf{x : P(b <= x) >= q}: 0 for q <= 1 - p, else 1."""
+        q = torch.as_tensor(value, dtype=self.probs.dtype, device=self.probs.device)
+        return (q > 1 - self.probs).to(self.probs.dtype)
+
     @property
     def mean(self) -> torch.Tensor:
         return self.probs
