@@ -12,7 +12,7 @@ with one line naming the key and the allowed range.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -31,6 +31,34 @@ if not OmegaConf.has_resolver("relaxrun.default"):
     OmegaConf.register_new_resolver("relaxrun.default", _default)
 
 
+#: the largest value of an integer option: counts (epochs, steps, sizes, samples) are int32 in torch
+MAX_COUNT = 2**31 - 1
+#: the largest seed (``seed``, ``data.eval_seed``): numpy's and most tools' seed range is [0, 2**32)
+MAX_SEED = 2**32 - 1
+
+
+def seed_range(key: str, value) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED, key,
+            f"an integer in [0, {MAX_SEED}]", value)
+
+
+def check_int_bounds(obj, prefix: str, skip: tuple[str, ...] = ()) -> None:
+    """Every integer field of the dataclass ``obj`` (and of the dataclasses it holds, and integer list
+    items) at most :data:`MAX_COUNT`: a ConfigError naming ``<prefix>.<field>`` otherwise (an
+    option of 10**20 would otherwise fail deep inside torch)."""
+    for f in fields(obj):
+        key = f"{prefix}{f.name}" if prefix else f.name
+        if key in skip:
+            continue
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            check_int_bounds(value, key + ".", skip)
+        items = value if isinstance(value, list) else [value]
+        for v in items:
+            if isinstance(v, int) and not isinstance(v, bool) and v > MAX_COUNT:
+                raise ConfigError(f"{key} must be an integer <= {MAX_COUNT}; got {value!r}")
+
+
 @dataclass
 class DataConfig:
     name: str = MISSING
@@ -47,6 +75,7 @@ class DataConfig:
         one_of("data.binarize", self.binarize, ("dynamic", "static", "none"))
         require(isinstance(self.val_size, int) and 0 <= self.val_size < 60000, "data.val_size",
                 "an integer in [0, 60000)", self.val_size)
+        seed_range("data.eval_seed", self.eval_seed)
 
 
 @dataclass
@@ -69,7 +98,8 @@ class OptimConfig:
 
     def __post_init__(self):
         positive("optim.lr", self.lr)
-        require(self.weight_decay >= 0, "optim.weight_decay", "a number >= 0", self.weight_decay)
+        require(isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf,
+                "optim.weight_decay", "a finite number >= 0", self.weight_decay)
 
 
 @dataclass
@@ -100,7 +130,8 @@ class TrainerConfig:
         positive("trainer.tau_min", self.tau_min)
         require(self.tau_rate >= 0 and math.isfinite(self.tau_rate), "trainer.tau_rate", "a finite number >= 0",
                 self.tau_rate)
-        require(self.grad_clip >= 0, "trainer.grad_clip", "a number >= 0 (0 = off)", self.grad_clip)
+        require(isinstance(self.grad_clip, (int, float)) and 0 <= self.grad_clip < math.inf, "trainer.grad_clip",
+                "a finite number >= 0 (0 = off)", self.grad_clip)
         at_least("trainer.patience", self.patience, 0)
         at_least("trainer.threads", self.threads, 0)
         at_least("trainer.images", self.images, 1)
@@ -144,7 +175,7 @@ class RunConfig:
         if self.tau is not None:
             positive("tau", self.tau)
         one_of("device", self.device, ("auto", "cpu", "cuda")) if not str(self.device).startswith("cuda:") else None
-        at_least("seed", self.seed, 0)
+        seed_range("seed", self.seed)
 
 
 def register_configs() -> None:
@@ -173,9 +204,11 @@ def method_config(cfg: DictConfig):
     try:
         node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
         merged = OmegaConf.merge(schema, node)
-        return OmegaConf.to_object(merged)
+        mcfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"method.{_one_line(err)}") from None
+    check_int_bounds(mcfg, "method.")
+    return mcfg
 
 
 def group_options(group: str, name: str, **overrides):
@@ -217,6 +250,7 @@ def validate(cfg: DictConfig):
         run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), resolved))
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
+    check_int_bounds(run, "", skip=("method", "seed", "data.eval_seed"))
     mcfg = method_config(cfg)
     if hasattr(mcfg, "check_compatible"):
         mcfg.check_compatible(run)

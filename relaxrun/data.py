@@ -9,6 +9,11 @@ indices; a batch is ``images[idx]`` turned into floats and binarized there:
 * ``static`` -- intensity > 0.5;
 * ``none`` -- intensities in [0, 1].
 
+Before torchvision reads them, the four IDX files are checked: complete IDX files whose size
+matches their header (:func:`check_idx`), and, for MNIST files of exactly the original's size, the
+original's MD5 (:func:`check_checksum`; smaller or generated files are not hashed). A problem is a
+:class:`DataError` naming the file.
+
 Evaluation data (test, validation) is binarized once with a seeded generator (``data.eval_seed``)
 so that every run of every method is scored on the same binary images.
 """
@@ -16,6 +21,7 @@ so that every run of every method is scored on the same binary images.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import math
@@ -46,12 +52,63 @@ def raw_files(name: str) -> list[str]:
     return [os.path.splitext(os.path.basename(url))[0] for url, _ in DATASETS[name].resources]
 
 
+#: Size (bytes) and MD5 of the four original MNIST files, as torchvision extracts them from the
+#: archives whose MD5s it lists (``torchvision.datasets.MNIST.resources``: f68b3c2d..., d53e105e...,
+#: 9fb629c4..., ec29112d... for the ``.gz`` files). A file of exactly the original's size is the
+#: original or damaged, and must have its MD5 (:func:`check_checksum`); a file of any other size is
+#: not MNIST's (a subset, generated test data) and is checked as an IDX file only.
+#: FashionMNIST and KMNIST have no table: their files are checked as IDX files only.
+ORIGINAL_FILES = {
+    "mnist": {
+        "train-images-idx3-ubyte": (47040016, "6bbc9ace898e44ae57da46a324031adb"),
+        "train-labels-idx1-ubyte": (60008, "a25bea736e30d166cdddb491f175f624"),
+        "t10k-images-idx3-ubyte": (7840016, "2646ac647ad5339dbf082846283269ea"),
+        "t10k-labels-idx1-ubyte": (10008, "27ae3e4e09519cfbb04c329615203637"),
+    },
+}
+_verified: dict[tuple, bool] = {}  # (path, size, mtime_ns) of files whose MD5 was found right
+
+
+def check_checksum(name: str, path: str) -> None:
+    """Raise DataError naming ``path`` if it has the size of dataset ``name``'s original file of that
+    name (:data:`ORIGINAL_FILES`) but not its MD5: a damaged (or altered) copy of the original.
+
+    Files of another size, and datasets without a table, are not checked (generated IDX files in
+    the tests have other sizes). A file found right is not hashed again while unchanged (same
+    size and modification time) in this process."""
+    known = ORIGINAL_FILES.get(name, {}).get(os.path.basename(path))
+    if known is None:
+        return
+    size, md5 = known
+    try:
+        st = os.stat(path)
+        if st.st_size != size:
+            return
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if _verified.get(key):
+            return
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    if digest.hexdigest() != md5:
+        raise DataError(f"{path} has the size of the original {name} file but MD5 {digest.hexdigest()}, not the "
+                        f"original's {md5}: the file is damaged; delete it and download it again "
+                        "(data.download=true) or copy it again")
+    _verified[key] = True
+
+
 def check_idx(path: str) -> None:
     """Raise DataError naming ``path`` unless it is a complete uint8 IDX file (images 3-d, labels 1-d)."""
     expected_dims = 3 if "images" in os.path.basename(path) else 1
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(4 + 4 * expected_dims)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(4 + 4 * expected_dims)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
     if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] != expected_dims:
         raise DataError(f"{path} is not a uint8 IDX file with {expected_dims} dimension(s) "
                         f"(magic number {head[:4].hex() or 'missing'}, expected 000008{expected_dims:02x})")
@@ -76,6 +133,7 @@ def load_images(name: str, root: str, train: bool, download: bool) -> torch.Tens
     if not missing:
         for f in files:
             check_idx(os.path.join(folder, f))
+            check_checksum(name, os.path.join(folder, f))
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter):  # torchvision prints every mirror it tries
