@@ -102,22 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     Reports the method's bound (hard samples / exact KL for discrete latents), the relaxed
     objective, IWAE-k and bits/dim on the test set; updates ``metrics.json`` (key ``eval`` and
     ``test_iwae``) and writes ``eval/*`` scalars to the run's TensorBoard folder.
+
+    Refused with one line on stderr and exit status 2, nothing written and the checkpoint left as it
+    is: a missing, empty, truncated, foreign, other-version or non-finite checkpoint
+    (:func:`relaxrun.runtime.load_checkpoint`), a config that does not fit it, bad overrides, bad
+    data files, a run folder another process holds (its lock), and results that come out NaN or
+    infinite. A failed write (disk full, read-only folder) exits with 1 and leaves the previous
+    metrics.json as it was.
     """
     import argparse
+    import contextlib
     import json
-    import os
     import sys
     from pathlib import Path
 
     from omegaconf import OmegaConf
-    from torch.utils.tensorboard import SummaryWriter
+    from omegaconf.errors import OmegaConfBaseException
 
     from .config import ConfigError, validate
     from .data import DataError, load_data
     from .methods import build_method
     from .models import build_model
-    from .runtime import (CHECKPOINT, TrainingError, load_checkpoint, load_joint_state_dict, pick_device,
-                          write_json_atomic)
+    from .runtime import (CHECKPOINT, TrainingError, WriteError, load_checkpoint, load_joint_state_dict,
+                          pick_device, quiet_writer_threads, run_folder_lock, run_io_error, write_json_atomic)
 
     parser = argparse.ArgumentParser(
         prog="relaxrun-eval",
@@ -132,68 +139,91 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave metrics.json and tb/ as they are")
     args = parser.parse_args(argv)
 
+    def fail(message: str, status: int = 2) -> int:
+        print(f"relaxrun-eval: error: {message}", file=sys.stderr)
+        return status
+
     path = Path(args.run)
     ckpt = path / CHECKPOINT if path.is_dir() else path
     run_dir = ckpt.parent
-    try:
-        if not ckpt.exists():
-            raise ConfigError(f"no checkpoint at {ckpt}")
-        ck = load_checkpoint(ckpt)
-        if not all(k in ck for k in ("config", "model", "state")):
-            raise TrainingError(f"{ckpt} is not a relaxrun checkpoint of this version (missing "
-                                f"{', '.join(k for k in ('config', 'model', 'state') if k not in ck)})")
-        cfg = OmegaConf.create(json.loads(ck["config"]))
-        bad = [o for o in args.overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"overrides must look like key=value; got {bad[0]!r}")
-        if not any(o.startswith("eval.iwae_samples=") for o in args.overrides):
-            cfg.eval.iwae_samples = cfg.eval.iwae_samples or 1000
-        for o in args.overrides:
-            key, value = o.split("=", 1)
-            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                raise ConfigError(f"unknown key {key}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
-        run, mcfg = validate(cfg)
-        device = pick_device(run.device)
-        data = load_data(run.data, device)
-        method = build_method(mcfg, run.trainer).to(device)
-        model = build_model(run.model, method.param_dim, method.latent_dim).to(device)
-        load_joint_state_dict(model, method, ck["model"])
-    except (ConfigError, DataError, TrainingError) as err:
-        print(f"relaxrun-eval: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
-        print(f"relaxrun-eval: error: checkpoint {ckpt} does not fit its config: {str(err).splitlines()[0]}",
-              file=sys.stderr)
-        return 2
-
-    step = ck["state"]["step"]
-    method.temperature.at(max(step - 1, 0))  # the schedule's value at the last step trained
-    tau = method.tau
-    res = evaluate(model, method, data.test, run.trainer.eval_batch_size, seed=run.data.eval_seed)
-    out = {"step": step, "tau": tau, "kind": method.metric_kind, "neg_elbo": res["neg_elbo"],
-           "relaxed_objective": res["relaxed_objective"], "recon": res["recon"], "kl": res["kl"],
-           "bits_per_dim": bits_per_dim(res["neg_elbo"])}
-    k = run.eval.iwae_samples
-    if k:
+    with contextlib.ExitStack() as stack:
         try:
-            out[f"iwae_{k}"] = iwae_bound(model, method, data.test, k, run.eval.iwae_batch, seed=run.data.eval_seed)
-            out["iwae_bits_per_dim"] = bits_per_dim(out[f"iwae_{k}"])
-        except NotImplementedError as err:
-            out["iwae"] = str(err)
-    for key, v in out.items():
-        print(f"{key:>20}: {v:.4f}" if isinstance(v, float) else f"{key:>20}: {v}")
-    if not args.no_write:
-        mpath = run_dir / "metrics.json"
-        metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
-        metrics["eval"] = out
-        if f"iwae_{k}" in out:
-            metrics["test_iwae"], metrics["iwae_samples"] = out[f"iwae_{k}"], k
-        write_json_atomic(mpath, metrics)
-        with SummaryWriter(str(run_dir / "tb")) as w:
-            for key, v in out.items():
-                if isinstance(v, float) and key != "tau":
-                    w.add_scalar(f"eval/{key}", v, step)
+            bad = [o for o in args.overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must look like key=value; got {bad[0]!r}")
+            ck = load_checkpoint(ckpt)
+            try:
+                cfg = OmegaConf.create(json.loads(ck["config"]))
+                step = int(ck["state"]["step"])
+            except (TypeError, ValueError, KeyError, OmegaConfBaseException) as err:
+                raise TrainingError(f"checkpoint {ckpt} has no readable config or step ({type(err).__name__}); "
+                                    "it is left as it is") from None
+            if not any(o.startswith("eval.iwae_samples=") for o in args.overrides):
+                cfg.eval.iwae_samples = cfg.eval.iwae_samples or 1000
+            for o in args.overrides:
+                key, value = o.split("=", 1)
+                if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                    raise ConfigError(f"unknown key {key}")
+                try:
+                    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
+                except OmegaConfBaseException as err:
+                    raise ConfigError(f"cannot apply {o}: {str(err).strip().splitlines()[0]}") from None
+            run, mcfg = validate(cfg)
+            if not args.no_write:  # no training or evaluation writing in this folder meanwhile
+                stack.enter_context(run_folder_lock(run_dir))
+            device = pick_device(run.device)
+            data = load_data(run.data, device)
+            method = build_method(mcfg, run.trainer).to(device)
+            model = build_model(run.model, method.param_dim, method.latent_dim).to(device)
+            load_joint_state_dict(model, method, ck["model"])
+        except (ConfigError, DataError, TrainingError) as err:
+            return fail(str(err))
+        except RuntimeError as err:
+            return fail(f"checkpoint {ckpt} does not fit its config: {str(err).splitlines()[0]}")
+
+        method.temperature.at(max(step - 1, 0))  # the schedule's value at the last step trained
+        tau = method.tau
+        res = evaluate(model, method, data.test, run.trainer.eval_batch_size, seed=run.data.eval_seed)
+        out = {"step": step, "tau": tau, "kind": method.metric_kind, "neg_elbo": res["neg_elbo"],
+               "relaxed_objective": res["relaxed_objective"], "recon": res["recon"], "kl": res["kl"],
+               "bits_per_dim": bits_per_dim(res["neg_elbo"])}
+        k = run.eval.iwae_samples
+        if k:
+            try:
+                out[f"iwae_{k}"] = iwae_bound(model, method, data.test, k, run.eval.iwae_batch,
+                                              seed=run.data.eval_seed)
+                out["iwae_bits_per_dim"] = bits_per_dim(out[f"iwae_{k}"])
+            except NotImplementedError as err:
+                out["iwae"] = str(err)
+        for key, v in out.items():
+            print(f"{key:>20}: {v:.4f}" if isinstance(v, float) else f"{key:>20}: {v}")
+        nan = [key for key, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+        if nan:
+            return fail(f"the checkpoint {ckpt} gives non-finite {', '.join(nan)} on the test set; "
+                        "metrics.json and tb/ are left as they were")
+        if not args.no_write:
+            mpath = run_dir / "metrics.json"
+            try:
+                metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
+            except (OSError, ValueError) as err:
+                return fail(f"cannot read {mpath} ({type(err).__name__}): fix or remove it, or use --no-write")
+            if not isinstance(metrics, dict):
+                return fail(f"{mpath} does not hold a JSON object: fix or remove it, or use --no-write")
+            metrics["eval"] = out
+            if f"iwae_{k}" in out:
+                metrics["test_iwae"], metrics["iwae_samples"] = out[f"iwae_{k}"], k
+            from torch.utils.tensorboard import SummaryWriter
+
+            try:  # TensorBoard first: metrics.json changes only when both could be written
+                with quiet_writer_threads(), SummaryWriter(str(run_dir / "tb")) as w:
+                    for key, v in out.items():
+                        if isinstance(v, float) and key != "tau":
+                            w.add_scalar(f"eval/{key}", v, step)
+                write_json_atomic(mpath, metrics)
+            except WriteError as err:
+                return fail(str(err), 1)
+            except OSError as err:
+                return fail(str(run_io_error(err, run_dir)), 1)
     return 0
 
 

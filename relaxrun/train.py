@@ -35,8 +35,8 @@ from .methods import Method, StepTools, build_method
 from .methods.base import adam as build_optimizer  # noqa: F401  (the default optimizer, importable from here)
 from .models import VAE, build_model
 from .runtime import (CHECKPOINT, TrainingError, flush_denormal, flush_denormal_is_on,  # noqa: F401
-                      joint_state_dict, load_checkpoint, load_joint_state_dict, pick_device, rng_state,
-                      save_checkpoint, set_rng_state, write_json_atomic)
+                      joint_state_dict, load_checkpoint, load_joint_state_dict, pick_device, quiet_writer_threads,
+                      rng_state, run_folder_lock, run_io_error, save_checkpoint, set_rng_state, write_json_atomic)
 
 log = logging.getLogger("relaxrun")
 
@@ -149,8 +149,13 @@ def train(cfg, run_dir: str | os.PathLike) -> dict:
     steps, where x86 arithmetic is many times slower (BENCHMARKS.md, *Subnormal numbers*).
     """
     run, mcfg = validate(cfg)
-    with flush_denormal(run.trainer.flush_denormal):
-        return _train(cfg, run, mcfg, Path(run_dir))
+    run_dir = Path(run_dir)
+    # one process per run folder (a second one is refused at once); stale *.tmp files are removed
+    with run_folder_lock(run_dir), quiet_writer_threads(), flush_denormal(run.trainer.flush_denormal):
+        try:
+            return _train(cfg, run, mcfg, run_dir)
+        except OSError as err:  # disk full or folder not writable (TensorBoard, logs): one line
+            raise run_io_error(err, run_dir) from None
 
 
 def _train(cfg, run, mcfg, run_dir: Path) -> dict:
@@ -319,11 +324,11 @@ def _resume(s: Setup, ckpt_path: Path, method_name: str) -> dict:
             opt.load_state_dict(ck["optimizers"][name])
         set_rng_state(s.gens, ck["rng"])
         st = ck["state"]
-    except (KeyError, RuntimeError, ValueError) as err:
+        if st["perm"] is not None:
+            st["perm"] = st["perm"].to(s.device)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
         raise TrainingError(f"checkpoint {ckpt_path} does not match this run ({type(err).__name__}: {err}); "
                             "it is left as it is") from None
-    if st["perm"] is not None:
-        st["perm"] = st["perm"].to(s.device)
     log.info("resuming from %s at epoch %d, step %d", ckpt_path, st["epoch"] + 1, st["step"])
     return st
 
