@@ -556,7 +556,7 @@ def test_logistic_normal_scale_is_a_standard_deviation():
     expected_var = scale[:-1] ** 2 + scale[-1] ** 2
     # relative s.e. of a variance from 50k normals: sqrt(2/n) = 0.6%; 4% is > 6 s.e.
     torch.testing.assert_close(w.var(0), expected_var, rtol=0.04, atol=0)
-    torch.testing.assert_close(LogisticNormalSoftmax.from_dirichlet(torch.tensor([2.0, 3.0, 4.0])).scale ** 2,
+    torch.testing.assert_close(LogisticNormalSoftmax.from_dirichlet(torch.tensor([2.0, 3.0, 4.0])).variance_y,
                                dirichlet_to_logistic_normal(torch.tensor([2.0, 3.0, 4.0]))[1])
 
 
@@ -627,8 +627,11 @@ def test_laplace_bridge_figure_script_writes_a_png(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    alpha, back = run.stdout.split("alpha=")[1].split("  alpha_back=")
+    alpha, rest = run.stdout.split("alpha=")[1].split("  alpha_back=")
+    back, rest = rest.split("  KL(Dir || bridge)=")
     assert alpha.strip() == back.strip()  # the round trip, as printed
+    kl_bridge, kl_diag = (float(v) for v in rest.split("  KL(Dir || diagonal)="))
+    assert 0 < kl_bridge < kl_diag  # the figure's bridge is the full-covariance law, not the diagonal one
 
 
 # ==================================================================================================

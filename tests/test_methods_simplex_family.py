@@ -181,9 +181,11 @@ def test_topk_bound_feeds_the_decoder_hard_k_hot_vectors():
 def test_laplace_bridge_prior_and_kl_forms():
     torch.manual_seed(4)
     method = make("laplace_bridge", prior_alpha=0.7)
-    mu, var = dirichlet_to_logistic_normal(torch.full((8,), 0.7, dtype=torch.float64))
+    mu, _ = dirichlet_to_logistic_normal(torch.full((8,), 0.7, dtype=torch.float64))
     torch.testing.assert_close(method.prior_loc.double(), mu)
-    torch.testing.assert_close(method.prior_scale.double() ** 2, var, rtol=1e-6, atol=0)  # scale = sqrt(Sigma)
+    # the bridge's full covariance: on the simplex the law of softmax(N(mu, I / alpha))
+    torch.testing.assert_close(method.prior_scale.double() ** 2, torch.full((8,), 1 / 0.7, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
     params = torch.randn(3, method.param_dim, dtype=torch.float64)
     x = torch.zeros(3, 1, dtype=torch.float64)
     exact = method.bound(params, zero_decoder, x, 1.0).kl

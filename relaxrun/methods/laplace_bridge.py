@@ -7,13 +7,19 @@ Latent: N independent points on the K-simplex, z = softmax(y), y ~ N(loc, diag(s
 loc and scale = softplus(s) from the encoder (:class:`~relaxrun.distributions.laplace_bridge.
 LogisticNormalSoftmax`). The decoder sees the N*K simplex coordinates.
 
-Prior: Dir(prior_alpha * 1) mapped through the Laplace bridge to a logistic normal,
-mu_k = 0 and Sigma_kk = (1 - 2/K)/alpha + 1/(K alpha) (variances). KL term (``kl``):
+Prior: Dir(prior_alpha * 1) mapped through the Laplace bridge to a logistic normal with the bridge's
+full covariance (:class:`~relaxrun.distributions.laplace_bridge.LaplaceBridge`): mu = 0 and
+Sigma = P diag(1/alpha) P, P the centring matrix. On the simplex this is the law of softmax(y) with
+y ~ N(0, I/alpha), the representation held in the buffers (prior_scale = alpha^-1/2). (ProdLDA instead
+keeps only the variances Sigma_kk = (1 - 2/K)/alpha + 1/(K alpha), as independent coordinates: another
+law, about half the bridge's log-ratio variance, whose KL from the Dirichlet does not vanish as alpha
+grows.) KL term (``kl``):
 
 * ``simplex`` (default): the exact KL between the two logistic-normal laws on the simplex (the KL
   of their (K-1)-dimensional log-ratio Gaussians, closed form);
-* ``gaussian``: ProdLDA's KL between the K-dimensional diagonal Gaussians of y, which is never
-  smaller (the softmax forgets the direction 1), so training on it optimises a looser bound.
+* ``gaussian``: ProdLDA's form, the KL between the K-dimensional diagonal Gaussians of y (the
+  prior's in its diagonal representation), which is never smaller (the softmax forgets the
+  direction 1), so training on it optimises a looser bound.
 
 Reported bound (``metric_kind = "approximate-prior"``): -log p(x | z) at z ~ q plus the exact simplex
 KL: a true negative ELBO of the model whose prior is the *logistic-normal approximation* of the
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from ..checks import at_least, one_of, positive
-from ..distributions.laplace_bridge import LogisticNormalSoftmax, dirichlet_to_logistic_normal
+from ..distributions.laplace_bridge import LaplaceBridge, LogisticNormalSoftmax
 from .base import MISSING, Method, MethodConfig, Terms, bernoulli_nll, register
 from .families import CategoricalLatentConfig
 
@@ -56,12 +62,12 @@ class LaplaceBridgeMethod(Method):
 
     def __init__(self, cfg: LaplaceBridgeConfig, temperature=None):
         super().__init__(cfg, temperature)
-        alpha = torch.full((cfg.categories,), float(cfg.prior_alpha), dtype=torch.float64)
-        mu, var = dirichlet_to_logistic_normal(alpha)
+        bridge = LaplaceBridge(torch.full((cfg.categories,), float(cfg.prior_alpha), dtype=torch.float64))
         # buffers: follow the model to its device and dtype; persistent=False keeps checkpoints
-        # independent of them (they are a function of the config)
-        self.register_buffer("prior_loc", mu.float(), persistent=False)
-        self.register_buffer("prior_scale", var.sqrt().float(), persistent=False)
+        # independent of them (they are a function of the config). loc, scale: the bridge's law on the
+        # simplex as softmax(N(loc, diag(scale^2))), the same law as its full-covariance Gaussian
+        self.register_buffer("prior_loc", bridge.loc.float(), persistent=False)
+        self.register_buffer("prior_scale", bridge.scale.float(), persistent=False)
 
     @property
     def param_dim(self) -> int:
