@@ -135,6 +135,7 @@ class PlackettLuce(CategoricalProbsLogits, RelaxrunDistribution):
 
     arg_constraints = {"probs": constraints.simplex, "logits": constraints.real}
     has_rsample = False
+    has_enumerate_support = True  # K!/(K-k)! tuples: for small K (Pyro's TraceEnum_ELBO can sum over them)
     _expand_params = {"probs": 1, "logits": 1}
     _expand_copy = ("k",)
 
