@@ -65,6 +65,17 @@ class RelaxedBernoulli(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
         logits: its log-odds. Exactly one of the two.
 
     Shapes: ``batch_shape`` is the broadcast shape of the parameters; ``event_shape`` is ``()``.
+
+    Example (the seed page's; run by the tests as a doctest)::
+
+        >>> import torch
+        >>> from relaxrun.distributions import RelaxedBernoulli
+        >>> d = RelaxedBernoulli(temperature=0.5, probs=0.7)
+        >>> z = d.sample((100,))
+        >>> bool(((z > 0) & (z < 1)).all())
+        True
+        >>> z.shape
+        torch.Size([100])
     """
 
     arg_constraints = {

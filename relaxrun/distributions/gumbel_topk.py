@@ -283,7 +283,8 @@ class GumbelTopK(CategoricalProbsLogits, RelaxrunDistribution):
         "variance": "the relaxed k-hot vector's law has no tractable form; estimate it from samples",
         "mode": "the relaxed k-hot vector's law has no tractable form",
         "entropy": "the relaxed k-hot vector has no tractable density",
-        "cdf": "the law is multivariate", "icdf": "the law is multivariate",
+        "cdf": "the law is multivariate (relaxed k-hot vectors in R^K)",
+        "icdf": "the law is multivariate (relaxed k-hot vectors in R^K)",
         "enumerate_support": "the relaxed k-hot vector is continuous; the ordered hard sample's law is "
                              "hard (PlackettLuce), which has enumerate_support",
     }
