@@ -32,7 +32,8 @@ convention as :class:`torch.distributions.Dirichlet`).
 Because two IGRs with equal :math:`\tau` and :math:`\delta` share the bijection, their KL divergence
 is the KL divergence of their Gaussians; that is registered with
 :func:`torch.distributions.kl.register_kl`. With different temperatures or deltas there is no closed
-form and :func:`~torch.distributions.kl.kl_divergence` raises ``ValueError``.
+form and :func:`~torch.distributions.kl.kl_divergence` raises ``NotImplementedError`` (naming the
+Monte Carlo estimate to use instead).
 
 Shapes: ``loc`` and ``scale`` broadcast to ``batch_shape + (K-1,)``; ``temperature`` and ``delta``
 are one number per distribution and broadcast with ``batch_shape``; ``event_shape`` is ``(K,)``.
@@ -198,9 +199,10 @@ def _kl_igr_igr(p: InvertibleGaussian, q: InvertibleGaussian) -> torch.Tensor:
         if not bool((a == b).all()):
             a0, b0 = torch.broadcast_tensors(a, b)
             i = (a0 != b0).reshape(-1).nonzero()[0, 0]
-            raise ValueError(
-                f"KL({_NAME} || {_NAME}) has a closed form only when both share {name}; "
-                f"got {a0.reshape(-1)[i].item():.6g} vs {b0.reshape(-1)[i].item():.6g}"
+            raise NotImplementedError(
+                f"kl_divergence({_NAME} || {_NAME}) has a closed form only when both share {name}; "
+                f"got {a0.reshape(-1)[i].item():.6g} vs {b0.reshape(-1)[i].item():.6g}; use the Monte Carlo "
+                f"estimate (p.log_prob(z) - q.log_prob(z)).mean() over z = p.sample((n,))"
             )
     return gaussian_kl(p.loc, p.scale, q.loc, q.scale)
 
