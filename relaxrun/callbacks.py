@@ -31,6 +31,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +41,96 @@ from omegaconf import DictConfig
 log = logging.getLogger("relaxrun")
 
 
+#: seconds between "jobs done / total" lines of a sweep whose jobs run in other processes
+SWEEP_POLL_SECONDS = 10.0
+
+
+def sweep_counts(sweep_dir: Path) -> tuple[int, list[str]]:
+    """(jobs with an outcome: metrics.json, error.txt or skipped.txt; names of the jobs still running)."""
+    done, running = 0, []
+    try:
+        folders = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return 0, []
+    for p in folders:
+        if any((p / f).is_file() for f in ("metrics.json", "error.txt", "skipped.txt")):
+            done += 1
+        elif (p / ".hydra").is_dir():
+            running.append(p.name)
+    return done, running
+
+
 class SweepSummary(Callback):
-    """Hydra callback: summary.csv / summary.md / summary.png in the sweep folder at multirun end."""
+    """Hydra callback: the sweep's progress while it runs, and summary.csv / summary.md /
+    summary.png in the sweep folder at multirun end.
+
+    Progress: with the basic launcher (jobs in this process, one at a time) one line as each job
+    starts and ends, ``relaxrun: sweep job 3/12: method=gst,tau=0.5`` / ``relaxrun: sweep: 3/12
+    jobs done (method=gst,tau=0.5: ok)``; with joblib or submitit (jobs in other processes) a line
+    every ``SWEEP_POLL_SECONDS`` when the count changes, naming the jobs running. The total comes
+    from the command line (``relaxrun`` sets it); the count from the job folders' outcome files."""
 
     def __init__(self, print_table: bool = True) -> None:
         self.print_table = print_table
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __getstate__(self) -> dict:  # launchers pickle the callbacks with each job: leave the thread behind
+        return {"print_table": self.print_table}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def _total(self) -> str:
+        return os.environ.get("RELAXRUN_SWEEP_TOTAL") or "?"
+
+    def _poll(self, sweep_dir: Path) -> None:
+        last = None
+        while not self._stop.wait(SWEEP_POLL_SECONDS):
+            done, running = sweep_counts(sweep_dir)
+            if (done, running) != last:
+                last = (done, running)
+                now = f"; running: {', '.join(running[:4])}{' ...' if len(running) > 4 else ''}" if running else ""
+                _say(f"relaxrun: sweep: {done}/{self._total()} jobs done{now}")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if launcher_kind(config.hydra.launcher) == "basic":
+            num = int(config.hydra.job.get("num") or 0)
+            _say(f"relaxrun: sweep job {num + 1}/{self._total()}: {Path(str(config.hydra.runtime.output_dir)).name}")
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if launcher_kind(config.hydra.launcher) != "basic":
+            return
+        out = Path(str(config.hydra.runtime.output_dir))
+        status = ("ok" if (out / "metrics.json").is_file() and not (out / "error.txt").is_file() else
+                  "skipped" if (out / "skipped.txt").is_file() else "failed")
+        done, _ = sweep_counts(Path(str(config.hydra.sweep.dir)))
+        _say(f"relaxrun: sweep: {done}/{self._total()} jobs done ({out.name}: {status})")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Refuse, in one line, a launcher whose plugin is not installed (before any job starts)."""
+        """Refuse, in one line, a launcher whose plugin is not installed (before any job starts);
+        start the progress lines of a sweep whose jobs run elsewhere."""
         target = str(config.hydra.launcher.get("_target_", "") or "")
-        if not target or launcher_importable(target):
-            return
+        if target and not launcher_importable(target):
+            self._refuse(target)
+        if launcher_kind(config.hydra.launcher) != "basic":
+            self._stop.clear()
+            self._poller = threading.Thread(target=self._poll, args=(Path(str(config.hydra.sweep.dir)),),
+                                            name="relaxrun-sweep-progress", daemon=True)
+            self._poller.start()
+
+    def _refuse(self, target: str) -> None:
         extra = {"joblib": "sweep", "submitit_local": "slurm", "submitit_slurm": "slurm"}.get(launcher_kind({"_target_": target}))
         hint = f'pip install "relaxrun[{extra}]"' if extra else "install its Hydra plugin"
         print(f"relaxrun: error: the launcher {target} is not installed; {hint}", file=sys.stderr, flush=True)
         raise SystemExit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._poller is not None:
+            self._stop.set()
+            self._poller.join(timeout=5)
+            self._poller = None
+        _drop_template_folders(Path(str(config.hydra.sweep.dir)) / ".submitit")
         from .report import ReportError, write_summary
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -77,6 +151,24 @@ class SweepSummary(Callback):
         note = f" ({bad} of {len(rows)} runs without results: see the table)" if bad else ""
         note += f" ({skipped} skipped: the method does not take the setting)" if skipped else ""
         print(f"relaxrun: sweep summary in {sweep_dir}/summary.{{csv,md,png}}{note}", flush=True)
+
+
+def _drop_template_folders(folder: Path) -> None:
+    """submitit creates its folder template (``.submitit/%j``) literally beside the jobs' folders:
+    remove such empty folders (the jobs' own logs are in ``.submitit/<job id>/``)."""
+    try:
+        for p in folder.iterdir():
+            if "%" in p.name and p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+    except OSError:
+        pass
+
+
+def _say(message: str) -> None:
+    try:
+        print(message, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def launcher_kind(launcher: Any) -> str:
@@ -151,3 +243,10 @@ def apply_job_resources(cfg: DictConfig, hydra_cfg: Any) -> None:
         cfg.trainer.threads = threads
         cfg.device = device
         log.info("job %s: %s", hydra_cfg.job.num, reason)
+    from . import progress
+
+    # bars of jobs side by side: each its own terminal line, labelled by the job's folder name
+    progress.BAR_LABEL = Path(str(hydra_cfg.runtime.output_dir)).name
+    if launcher_kind(hydra_cfg.launcher) == "joblib":
+        progress.BAR_POSITION = int(hydra_cfg.job.num or 0) % joblib_workers(hydra_cfg.launcher.get("n_jobs", -1),
+                                                                              usable_cores())

@@ -8,7 +8,10 @@ unknown group options), and a problem is reported as one line on stderr with exi
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import math
+import os
 import sys
 import traceback
 from importlib import resources
@@ -20,13 +23,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import NotApplicable
+from .progress import quiet_broken_pipe, say
 from .config import ConfigError, register_configs, validate
 
 log = logging.getLogger("relaxrun")
 
 CONFIG_MODULE = "relaxrun.configs"
 GROUPS = ("method", "model", "data", "experiment")
-_NO_PRECHECK = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+#: flags that only print (help, the composed config, completion): no precheck, so no torch import
+_NO_PRECHECK = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version",
+                "--cfg", "-c"}
 
 
 def group_options(group: str) -> list[str]:
@@ -37,14 +43,72 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _subdir(override_dirname: str, num) -> str:
-    """Sweep job folder: the overrides that identify the job, or job<N> when there are none."""
-    return override_dirname or f"job{num}"
+#: the keys a multirun sweeps (set by :func:`main` for the job processes, JSON list)
+SWEPT_KEYS_ENV = "RELAXRUN_SWEPT_KEYS"
+#: how many jobs the multirun runs (set by :func:`main`)
+SWEEP_TOTAL_ENV = "RELAXRUN_SWEEP_TOTAL"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _subdir(override_dirname: str, num, task=None) -> str:
+    """Sweep job folder: the job's values of the swept keys (``method=gst,tau=0.5``), or job<N> when
+    nothing is swept. Without the swept keys (Hydra started otherwise): every override, as Hydra names it."""
+    raw = os.environ.get(SWEPT_KEYS_ENV)
+    if raw is None or task is None:
+        return override_dirname or f"job{num}"
+    swept = set(json.loads(raw))
+    items = sorted((o for o in task if _key(str(o)) in swept), key=lambda o: _key(str(o)))
+    name = ",".join(str(o).replace(os.sep, "_") for o in items)
+    return name or f"job{num}"
+
+
+def _launchers() -> str:
+    """``--help``'s launcher line: the hydra/launcher options Hydra finds (plugins installed)."""
+    try:
+        from hydra.core.global_hydra import GlobalHydra
+
+        options = sorted(GlobalHydra.instance().config_loader().get_group_options("hydra/launcher"))
+    except Exception:  # help must print whatever happens
+        options = []
+    return ", ".join(options) or "basic"
 
 
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("relaxrun.subdir"):
         OmegaConf.register_new_resolver("relaxrun.subdir", _subdir)
+    if not OmegaConf.has_resolver("relaxrun.launchers"):
+        OmegaConf.register_new_resolver("relaxrun.launchers", _launchers)
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, DictConfig):
+            keys += _flat_keys(v, key + ".")
+        else:
+            keys.append(key)
+    return keys
+
+
+def _did_you_mean(err: BaseException, job: list[str], compose, config_name) -> str:
+    """'; did you mean trainer.epochs?' for an override key the config does not have."""
+    import difflib
+
+    bad = [t for t in job if f"'{_key(t)}'" in str(err) or f"{_key(t)}:" in str(err)]
+    if not bad:
+        return ""
+    key = _key(bad[0])
+    method = next((t.split("=", 1)[1] for t in job if _key(t) == "method" and "=" in t), None)
+    try:  # the keys of the config without the bad override (with the job's method: its options)
+        base = compose(config_name=config_name or "config", overrides=[f"method={method}"] if method else [])
+    except Exception:
+        return ""
+    match = difflib.get_close_matches(key, _flat_keys(base), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match and match[0] != key else ""
 
 
 def _short(err: BaseException) -> str:
@@ -85,13 +149,17 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return jobs
 
 
-def precheck(argv: list[str]) -> list[str]:
+def precheck(argv: list[str]) -> tuple[list[str], list[str], int]:
     """Compose and validate what ``argv`` asks for; raise ConfigError with a one-line message.
 
-    In a multirun, jobs whose method does not take the setting (NotApplicable) are allowed and
-    returned as one line each (the job will be skipped); a sweep in which every job is so is refused."""
+    Returns (skipped, swept, total). In a multirun, jobs whose method does not take the setting
+    (NotApplicable) are allowed and returned as one line each in ``skipped`` (the job will be
+    skipped); a sweep in which every job is so is refused. ``swept``: the keys the multirun sweeps
+    (the command line's sweeps and the config's ``hydra.sweeper.params``); ``total``: how many jobs
+    it runs (1 for a single run)."""
     from hydra import compose, initialize_config_module
     from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args, _ = get_args_parser().parse_known_args(argv)
     overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
@@ -112,16 +180,37 @@ def precheck(argv: list[str]) -> list[str]:
             try:
                 cfg = compose(config_name=args.config_name or "config", overrides=job)
             except Exception as err:
-                raise ConfigError(_short(err)) from None
+                raise ConfigError(_short(err) + _did_you_mean(err, job, compose, args.config_name)) from None
             try:
                 validate(cfg)
             except NotApplicable as err:
                 if not args.multirun:
                     raise
                 skipped.append(f"{' '.join(job) or 'the job'}: {err}")
+            except ConfigError as err:
+                hint = _did_you_mean(err, job, compose, args.config_name) if "not in" in str(err) else ""
+                raise ConfigError(f"{err}{hint}") from None
+        sizes: dict[str, int] = {}  # swept key -> number of values (the command line wins over a preset)
+        if args.multirun:
+            parser = OverridesParser.create()
+            full = compose(config_name=args.config_name or "config", overrides=jobs[0], return_hydra_config=True)
+            for k, v in (full.hydra.sweeper.get("params") or {}).items():
+                sizes[_key(str(k))] = _n_values(parser.parse_override(f"{k}={v}"))
+            for t, ov in zip(overrides, parser.parse_overrides(overrides)):
+                sizes[_key(t)] = _n_values(ov)
     if skipped and len(skipped) == len(jobs):
         raise ConfigError(f"every job of the sweep would be skipped; first: {skipped[0]}")
-    return skipped
+    return skipped, sorted(k for k, n in sizes.items() if n > 1), math.prod(sizes.values())
+
+
+def _n_values(ov) -> int:
+    """How many values a parsed override sweeps over (1 when it is not a sweep)."""
+    if not ov.is_sweep_override():
+        return 1
+    value = ov.value()
+    if type(value).__name__ == "Glob":  # glob(...) over a config group: the options it keeps
+        return len(value.filter(group_options(ov.key_or_group)))
+    return len(list(ov.sweep_string_iterator()))
 
 
 def _run_dir() -> Path:
@@ -150,10 +239,17 @@ def _hydra_entry(cfg: DictConfig):
         (run_dir / "skipped.txt").write_text(f"{err}\n")
         log.info("skipped: %s", err)
         return {"status": "skipped", "reason": str(err)}
-    except Interrupted as err:
-        log.warning("%s", err)
-        print(f"relaxrun: {err}", file=sys.stderr)
+    except Interrupted as err:  # one line on the console, the same line in the run's log file
+        message = (f"{err.what}; rerun the same command with resume=true hydra.sweep.dir={HydraConfig.get().sweep.dir}"
+                   if multirun else str(err))
+        _log_to_files(logging.WARNING, message)
+        say(f"relaxrun: {message}")
         raise SystemExit(128 + err.signum)
+    except KeyboardInterrupt:  # before training started (data loading) or a second Ctrl-C
+        message = "interrupted before a checkpoint could be written (nothing to resume from this attempt)"
+        _log_to_files(logging.WARNING, message)
+        say(f"relaxrun: {message}")
+        raise SystemExit(130)
     except (ConfigError, DataError, TrainingError) as err:
         message = str(err)
         trace = None
@@ -164,8 +260,19 @@ def _hydra_entry(cfg: DictConfig):
     if multirun:
         log.error("%s", message)
         return {"status": "failed", "error": message}
-    print(f"relaxrun: error: {message}", file=sys.stderr)
+    say(f"relaxrun: error: {message}")
     raise SystemExit(1)
+
+
+def _log_to_files(level: int, message: str) -> None:
+    """Write a record to the file handlers only (the console gets the same line once, by ``say``)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    logger = log
+    while logger is not None:
+        for h in logger.handlers:
+            if isinstance(h, logging.FileHandler) and level >= h.level:
+                h.handle(record)
+        logger = logger.parent if logger.propagate else None
 
 
 def main() -> None:
@@ -175,14 +282,29 @@ def main() -> None:
     argv = sys.argv[1:]
     if not _NO_PRECHECK.intersection(argv):
         try:
-            skipped = precheck(argv)
+            skipped, swept, total = precheck(argv)
         except ConfigError as err:
-            print(f"relaxrun: error: {err}", file=sys.stderr)
+            say(f"relaxrun: error: {err}")
             raise SystemExit(2)
+        except KeyboardInterrupt:
+            say("relaxrun: interrupted while checking the config; nothing was started")
+            raise SystemExit(130)
+        os.environ[SWEPT_KEYS_ENV] = json.dumps(swept)  # job folders are named by these (see _subdir)
+        os.environ[SWEEP_TOTAL_ENV] = str(total)  # "jobs done / total" (relaxrun/callbacks.py)
         if skipped:
-            print(f"relaxrun: {len(skipped)} job(s) of the sweep will be skipped (the method does not take "
-                  f"the setting), e.g. {skipped[0]}", file=sys.stderr)
-    _hydra_entry()
+            say(f"relaxrun: {len(skipped)} job(s) of the sweep will be skipped (the method does not take "
+                f"the setting), e.g. {skipped[0]}")
+    logging.raiseExceptions = False  # a console gone (| tee killed by Ctrl-C) must not print tracebacks
+    try:
+        _hydra_entry()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        raise SystemExit(141)
+    finally:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            quiet_broken_pipe()
 
 
 if __name__ == "__main__":

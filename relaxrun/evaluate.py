@@ -13,19 +13,25 @@ import torch
 
 from .methods.base import Method
 from .models import VAE
+from .progress import Progress
 from .runtime import seeded
 
 
 @torch.no_grad()
 def evaluate(model: VAE, method: Method, x: torch.Tensor, batch_size: int, seed: int = 0,
-             tau: float | None = None) -> dict[str, float]:
+             tau: float | None = None, progress: str | None = None, stop: list[int] | None = None,
+             ) -> dict[str, float]:
     """Means over ``x`` (nats per image) of the bound and relaxed objective, with their parts, at the
-    method's current temperature (or ``tau``)."""
+    method's current temperature (or ``tau``).
+
+    ``progress``: a label to show a progress report over the images (relaxrun/progress.py) under;
+    ``stop``: a signal handler's flag list; when it fills, StopRequested is raised between batches."""
     tau = method.tau if tau is None else tau
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=x.device)
-    with seeded(seed, x.device):
+    bar = Progress(x.shape[0], progress or "", "image", enabled=progress is not None, stop=stop, leave=False)
+    with seeded(seed, x.device), bar:
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
             params = model.encoder(xb)
@@ -35,6 +41,7 @@ def evaluate(model: VAE, method: Method, x: torch.Tensor, batch_size: int, seed:
                 (b.recon + b.kl).sum(), b.recon.sum(), b.kl.sum(),
                 (r.recon + r.kl).sum(), r.recon.sum(), r.kl.sum(),
             ]).to(torch.float64)
+            bar.update(xb.shape[0])
     model.train(was_training)
     s = (sums / x.shape[0]).tolist()
     return {"neg_elbo": s[0], "recon": s[1], "kl": s[2],
@@ -50,13 +57,18 @@ def log_mean_exp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def iwae_bound(model: VAE, method: Method, x: torch.Tensor, k: int, batch_size: int, seed: int = 0,
-               chunk: int = 100, tau: float | None = None) -> float:
-    """Mean over ``x`` of -log (1/k) sum_i p(x, z_i) / q(z_i | x): the IWAE-k negative bound."""
+               chunk: int = 100, tau: float | None = None, progress: str | None = None,
+               stop: list[int] | None = None) -> float:
+    """Mean over ``x`` of -log (1/k) sum_i p(x, z_i) / q(z_i | x): the IWAE-k negative bound.
+
+    ``progress`` and ``stop`` as in :func:`evaluate` (the report counts images)."""
     tau = method.tau if tau is None else tau
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    with seeded(seed, x.device), torch.no_grad():  # forward only: no autograd graph of k decoder passes
+    bar = Progress(x.shape[0], progress or "", "image", enabled=progress is not None, stop=stop, leave=False)
+    # forward only: no autograd graph of k decoder passes
+    with seeded(seed, x.device), torch.no_grad(), bar:
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
             params = model.encoder(xb)
@@ -65,6 +77,7 @@ def iwae_bound(model: VAE, method: Method, x: torch.Tensor, k: int, batch_size: 
                 parts.append(method.iwae_log_weights(params, model.decode, xb, tau, min(chunk, k - j)))
             log_w = torch.cat(parts, 0).to(torch.float64)
             total += -log_mean_exp(log_w, 0).sum()
+            bar.update(xb.shape[0])
     model.train(was_training)
     return float(total / x.shape[0])
 

@@ -22,9 +22,11 @@ written:
 Status of a run: ``ok`` (metrics.json), ``failed`` (error.txt, newer than any metrics.json: the job
 raised; the first line of error.txt is the error), ``skipped`` (skipped.txt: a sweep job whose
 method does not take the setting, e.g. ReinMax at tau < 1 in ``experiment=compare_all``; listed
-apart, not as a failure), ``incomplete`` (none of these: killed, still running or never started). The setting of a run is read from ``.hydra/overrides.yaml`` with the keys in
-``hydra.job.config.override_dirname.exclude_keys`` left out (the same rule as the sweep folder
-names), so a run's setting equals its sweep folder name without ``seed=...``.
+apart, not as a failure), ``incomplete`` (none of these: killed, still running or never started).
+The setting of a run is read from ``.hydra/overrides.yaml`` with the keys in
+``hydra.job.config.override_dirname.exclude_keys`` left out: every override that shapes the run, so
+runs of different sweeps combined by ``relaxrun-report`` stay apart. (A sweep's job folder is named
+by the swept keys only, e.g. ``method=gst,tau=0.5``.)
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from typing import Callable
 import torch
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
 from .config import validate
 from .data import Data, load_data
@@ -34,6 +33,7 @@ from .logging import flat_hparams, log_hparams, log_images
 from .methods import Method, StepTools, build_method
 from .methods.base import adam as build_optimizer  # noqa: F401  (the default optimizer, importable from here)
 from .models import VAE, build_model
+from .progress import Progress, StopRequested, bars_and_logs
 from .runtime import (CHECKPOINT, TrainingError, flush_denormal, flush_denormal_is_on,  # noqa: F401
                       joint_state_dict, load_checkpoint, load_joint_state_dict, pick_device, quiet_writer_threads,
                       rng_state, run_folder_lock, run_io_error, save_checkpoint, set_rng_state, write_json_atomic)
@@ -42,12 +42,17 @@ log = logging.getLogger("relaxrun")
 
 
 class Interrupted(RuntimeError):
-    """SIGINT/SIGTERM during training: a checkpoint was written; the message says how to resume."""
+    """SIGINT/SIGTERM during a run: what was done is saved; the message says what and where.
 
-    def __init__(self, signum: int, step: int, run_dir: Path):
-        self.signum = signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint written. "
-                         f"Resume with the same overrides plus: resume=true hydra.run.dir={run_dir}")
+    During training a checkpoint is written after the current step. During the end-of-run IWAE
+    bound (training done, its checkpoint written) the bound is abandoned and metrics.json is
+    written without it."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path, saved: str = "checkpoint written"):
+        self.signum, self.step, self.run_dir, self.saved = signum, step, Path(run_dir), saved
+        #: what happened and what was saved where; the message adds how to resume a single run
+        self.what = f"interrupted by {signal.Signals(signum).name} at step {step}; {saved} in {run_dir}"
+        super().__init__(f"{self.what}; resume with the same overrides plus: resume=true hydra.run.dir={run_dir}")
 
 
 @dataclass
@@ -158,7 +163,20 @@ def train(cfg, run_dir: str | os.PathLike) -> dict:
             raise run_io_error(err, run_dir) from None
 
 
+def _start_dir() -> Path:
+    """The directory the run was started from (Hydra's, should ``hydra.job.chdir`` have moved us)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.cwd)
+    except (ImportError, ValueError):
+        pass
+    return Path.cwd()
+
+
 def _train(cfg, run, mcfg, run_dir: Path) -> dict:
+    run.data.root = str((_start_dir() / Path(run.data.root).expanduser()).resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
@@ -174,6 +192,9 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
           "bad_epochs": 0, "elapsed": 0.0, "epoch_sum": [0.0, 0.0, 0.0], "epoch_n": 0}
     ckpt_path = run_dir / CHECKPOINT
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # paths saved with the run are absolute (resolved against the directory the run was started
+    # from), so relaxrun-eval finds the data from anywhere later
+    resolved.setdefault("data", {})["root"] = run.data.root
     if run.resume and ckpt_path.exists():
         st = _resume(s, ckpt_path, mcfg.name)
     elif run.resume:
@@ -194,90 +215,95 @@ def _train(cfg, run, mcfg, run_dir: Path) -> dict:
     stop_signal: list[int] = []
     handlers = _install_signal_handlers(stop_signal)
     diag = run.diagnostics
-    bar = tqdm(total=total_steps, initial=step, disable=not tr.progress, desc=mcfg.name, unit="step",
-               dynamic_ncols=True)
+    bar = Progress(total_steps, mcfg.name, "step", enabled=tr.progress, initial=step)
     scalars = StepLog(writer, tr.log_every, total_steps, s.tools.optimizers["main"],
                       lambda avg, at: _check_finite(avg, at, mcfg.name, ckpt_path))
-    try:
-        stop = step >= total_steps
-        while not stop and st["epoch"] < tr.epochs:
-            t_epoch = time.perf_counter()
-            scalars.start_epoch(st["epoch_sum"], s.device)
-            for perm, i, idx in data.batches(tr.batch_size, s.gens["data"], st["batch"], st["perm"]):
-                st["perm"] = perm
-                x = data.train_batch(idx, s.gens["binarize"])
-                if diag.grad_every and step % diag.grad_every == 0:
-                    grad = gradient_statistics(model, method, x, method.temperature.value_at(step),
-                                               diag.grad_samples, run.seed + step)
-                    for k, v in grad.items():
-                        writer.add_scalar(f"grad/{k}", v, step)
-                terms = s.step(x, step)
-                step += 1
-                # tau is read only when logged: a learned temperature (REBAR) is a device scalar
-                avg = scalars.record(terms, step, lambda: method.tau)
-                if avg is not None:
-                    bar.set_postfix(loss=f"{avg[0]:.2f}", tau=f"{method.tau:.3g}")
-                st.update(step=step, batch=i + 1, epoch_n=st["epoch_n"] + 1)
-                bar.update(1)
-                if stop_signal:
-                    st["epoch_sum"] = scalars.epoch_sum.tolist()
-                    st["elapsed"] += time.perf_counter() - t_epoch
-                    _check_finite(st["epoch_sum"], step, mcfg.name, ckpt_path, model, method)
-                    checkpoint()
-                    raise Interrupted(stop_signal[0], step, run_dir)
-                if step >= total_steps:
-                    stop = True
-                    break
+    with bars_and_logs(tr.progress):
+        try:
+            stop = step >= total_steps
+            while not stop and st["epoch"] < tr.epochs:
+                t_epoch = time.perf_counter()
+                scalars.start_epoch(st["epoch_sum"], s.device)
+                for perm, i, idx in data.batches(tr.batch_size, s.gens["data"], st["batch"], st["perm"]):
+                    st["perm"] = perm
+                    x = data.train_batch(idx, s.gens["binarize"])
+                    if diag.grad_every and step % diag.grad_every == 0:
+                        grad = gradient_statistics(model, method, x, method.temperature.value_at(step),
+                                                   diag.grad_samples, run.seed + step)
+                        for k, v in grad.items():
+                            writer.add_scalar(f"grad/{k}", v, step)
+                    terms = s.step(x, step)
+                    step += 1
+                    # tau is read only when logged: a learned temperature (REBAR) is a device scalar
+                    avg = scalars.record(terms, step, lambda: method.tau)
+                    if avg is not None:
+                        bar.set_postfix(loss=f"{avg[0]:.2f}", tau=f"{method.tau:.3g}")
+                    st.update(step=step, batch=i + 1, epoch_n=st["epoch_n"] + 1)
+                    if stop_signal:  # first the checkpoint, before any output (a pipe may be gone)
+                        st["epoch_sum"] = scalars.epoch_sum.tolist()
+                        st["elapsed"] += time.perf_counter() - t_epoch
+                        _check_finite(st["epoch_sum"], step, mcfg.name, ckpt_path, model, method)
+                        checkpoint()
+                        raise Interrupted(stop_signal[0], step, run_dir)
+                    bar.update(1)
+                    if step >= total_steps:
+                        stop = True
+                        break
 
-            # -- end of an epoch (or of the step budget): evaluate, images, checkpoint -------------
-            finished_epoch = st["batch"] >= steps_per_epoch
-            st["elapsed"] += time.perf_counter() - t_epoch
-            train_avg = (scalars.epoch_sum / max(st["epoch_n"], 1)).tolist()
-            tau = method.tau
-            _check_finite(train_avg, step, mcfg.name, ckpt_path, model, method)
-            test = evaluate(model, method, data.test, tr.eval_batch_size, seed=run.data.eval_seed)
-            record = {"epoch": st["epoch"] + 1, "step": step, "tau": tau, "train_objective": train_avg[0],
-                      "test_neg_elbo": test["neg_elbo"], "test_relaxed_objective": test["relaxed_objective"],
-                      "seconds": st["elapsed"]}
-            for k, v in test.items():
-                writer.add_scalar(f"test/{k}", v, step)
-            if data.val is not None:
-                val = evaluate(model, method, data.val, tr.eval_batch_size, seed=run.data.eval_seed)
-                record["val_neg_elbo"] = val["neg_elbo"]
-                writer.add_scalar("val/neg_elbo", val["neg_elbo"], step)
-                if val["neg_elbo"] < st["best_val"] - 1e-6:
-                    st["best_val"], st["bad_epochs"] = val["neg_elbo"], 0
+                # -- end of an epoch (or of the step budget): evaluate, images, checkpoint -------------
+                finished_epoch = st["batch"] >= steps_per_epoch
+                st["elapsed"] += time.perf_counter() - t_epoch
+                train_avg = (scalars.epoch_sum / max(st["epoch_n"], 1)).tolist()
+                tau = method.tau
+                _check_finite(train_avg, step, mcfg.name, ckpt_path, model, method)
+                test = evaluate(model, method, data.test, tr.eval_batch_size, seed=run.data.eval_seed,
+                                progress="test" if tr.progress else None)
+                record = {"epoch": st["epoch"] + 1, "step": step, "tau": tau, "train_objective": train_avg[0],
+                          "test_neg_elbo": test["neg_elbo"], "test_relaxed_objective": test["relaxed_objective"],
+                          "seconds": st["elapsed"]}
+                for k, v in test.items():
+                    writer.add_scalar(f"test/{k}", v, step)
+                if data.val is not None:
+                    val = evaluate(model, method, data.val, tr.eval_batch_size, seed=run.data.eval_seed,
+                                   progress="validation" if tr.progress else None)
+                    record["val_neg_elbo"] = val["neg_elbo"]
+                    writer.add_scalar("val/neg_elbo", val["neg_elbo"], step)
+                    if val["neg_elbo"] < st["best_val"] - 1e-6:
+                        st["best_val"], st["bad_epochs"] = val["neg_elbo"], 0
+                    else:
+                        st["bad_epochs"] += 1
+                log_images(writer, model, method, data.test, step, tr.images, seed=run.data.eval_seed)
+                st["history"].append(record)
+                log.info("epoch %d  step %d  tau %.3g  train objective %.2f  test -ELBO (%s) %.2f  relaxed %.2f  %.1fs",
+                         st["epoch"] + 1, step, tau, train_avg[0], method.metric_kind, test["neg_elbo"],
+                         test["relaxed_objective"], st["elapsed"])
+                if finished_epoch:
+                    st.update(epoch=st["epoch"] + 1, batch=0, perm=None, epoch_sum=[0.0, 0.0, 0.0], epoch_n=0)
                 else:
-                    st["bad_epochs"] += 1
-            log_images(writer, model, method, data.test, step, tr.images, seed=run.data.eval_seed)
-            st["history"].append(record)
-            log.info("epoch %d  step %d  tau %.3g  train objective %.2f  test -ELBO (%s) %.2f  relaxed %.2f  %.1fs",
-                     st["epoch"] + 1, step, tau, train_avg[0], method.metric_kind, test["neg_elbo"],
-                     test["relaxed_objective"], st["elapsed"])
-            if finished_epoch:
-                st.update(epoch=st["epoch"] + 1, batch=0, perm=None, epoch_sum=[0.0, 0.0, 0.0], epoch_n=0)
-            else:
-                st["epoch_sum"] = scalars.epoch_sum.tolist()
-            checkpoint()
+                    st["epoch_sum"] = scalars.epoch_sum.tolist()
+                checkpoint()
+                writer.flush()
+                if tr.patience and data.val is not None and st["bad_epochs"] >= tr.patience:
+                    log.info("early stopping: validation -ELBO has not improved for %d epochs", st["bad_epochs"])
+                    break
+            bar.close()
+            return _finish(s, st, step, method.tau, writer, resolved, run_dir, stop_signal)
+        finally:
+            bar.close()
+            _restore_signal_handlers(handlers)
             writer.flush()
-            if tr.patience and data.val is not None and st["bad_epochs"] >= tr.patience:
-                log.info("early stopping: validation -ELBO has not improved for %d epochs", st["bad_epochs"])
-                break
-        bar.close()
-        return _finish(s, st, step, method.tau, writer, resolved, run_dir)
-    finally:
-        bar.close()
-        _restore_signal_handlers(handlers)
-        writer.flush()
-        writer.close()
+            writer.close()
 
 
-def _finish(s: Setup, st: dict, step: int, tau: float, writer, resolved: dict, run_dir: Path) -> dict:
-    """The final numbers: metrics.json, the IWAE bound, the hparams row."""
+def _finish(s: Setup, st: dict, step: int, tau: float, writer, resolved: dict, run_dir: Path,
+            stop_signal: list[int] | None = None) -> dict:
+    """The final numbers: metrics.json, the IWAE bound, the hparams row. A stop asked for during the
+    IWAE bound abandons it: metrics.json is written without it, then Interrupted is raised."""
     run, mcfg, method, data = s.run, s.mcfg, s.method, s.data
     history = st["history"]
     final = history[-1] if history else {}
     epochs_done = st["epoch"]
+    epochs_run = step / math.ceil(data.n_train / run.trainer.batch_size)
     metrics = {
         "test_neg_elbo": final.get("test_neg_elbo"),
         "test_neg_elbo_kind": method.metric_kind,
@@ -285,24 +311,35 @@ def _finish(s: Setup, st: dict, step: int, tau: float, writer, resolved: dict, r
         "test_relaxed_objective_kind": method.objective_kind(),
         "train_objective": final.get("train_objective"),
         "epochs": epochs_done, "steps": step, "tau": tau,
-        "seconds": st["elapsed"], "seconds_per_epoch": st["elapsed"] / max(epochs_done, 1),
+        # per epoch of training steps: a run capped by trainer.max_steps counts its partial epoch
+        "epochs_run": epochs_run, "seconds": st["elapsed"],
+        "seconds_per_epoch": st["elapsed"] / epochs_run if epochs_run > 0 else None,
         "device": str(s.device), "torch": torch.__version__, "host": platform.node(),
         "method": mcfg.name, "history": history,
     }
+    stopped = None
     if run.eval.iwae_samples and history:
         try:
             metrics["test_iwae"] = iwae_bound(s.model, method, data.test, run.eval.iwae_samples, run.eval.iwae_batch,
-                                              seed=run.data.eval_seed)
+                                              seed=run.data.eval_seed, stop=stop_signal,
+                                              progress=f"IWAE-{run.eval.iwae_samples}" if run.trainer.progress else None)
             metrics["iwae_samples"] = run.eval.iwae_samples
             writer.add_scalar("test/iwae", metrics["test_iwae"], step)
         except NotImplementedError as err:
             log.info("%s", err)
+        except StopRequested as err:
+            stopped = err.signum
+            metrics["test_iwae_interrupted"] = True
     final_metrics = {f"final/{k}": metrics[k] for k in ("test_neg_elbo", "test_relaxed_objective",
                                                       "train_objective", "seconds_per_epoch", "test_iwae")
                      if metrics.get(k) is not None}
-    log_hparams(writer, flat_hparams(run, mcfg, tau_final=tau), final_metrics, step)
+    log_hparams(writer, flat_hparams(run, mcfg, tau_final=tau, epochs=round(epochs_run, 4), steps=step),
+                final_metrics, step)
     metrics["config"] = resolved
     write_json_atomic(run_dir / "metrics.json", metrics)
+    if stopped is not None:
+        raise Interrupted(stopped, step, run_dir, "training finished (checkpoint written); metrics.json "
+                          f"written without the IWAE-{run.eval.iwae_samples} bound (resume=true computes it)")
     log.info("done: test -ELBO (%s) %.2f nats, relaxed objective %.2f%s; metrics in %s", method.metric_kind,
              metrics["test_neg_elbo"] or float("nan"), metrics["test_relaxed_objective"] or float("nan"),
              f", IWAE-{run.eval.iwae_samples} {metrics['test_iwae']:.2f}" if "test_iwae" in metrics else "",

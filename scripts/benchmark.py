@@ -21,6 +21,8 @@ Sections (``--sections``, comma separated; all by default):
   per-batch binarization, torch's default Adam and ``loss.item()`` per step, the pipeline public
   demos use; and the same baseline with relaxrun's Adam, which splits the gain into data pipeline
   and optimizer.
+* ``cli`` -- wall time of ``relaxrun --help`` and ``relaxrun --cfg job`` (whole processes; with
+  ``--against REV`` also that revision's), beside ``python -c "import torch"``.
 * ``against`` -- only with ``--against REV``: the default epoch of this tree and of git revision
   REV (exported with ``git archive``), each a whole ``relaxrun`` process, interleaved.
 * ``breakdown`` -- relaxrun's step cut into data (index + binarize), forward, backward, optimizer,
@@ -84,7 +86,7 @@ from relaxrun.methods.base import _no_phase  # noqa: E402
 from relaxrun.models import build_model  # noqa: E402
 from relaxrun.train import Interrupted, StepLog, build, build_optimizer, pick_device, train  # noqa: E402
 
-SECTIONS = ("throughput", "against", "breakdown", "methods", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
+SECTIONS = ("throughput", "against", "cli", "breakdown", "methods", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
 
 CONFIGS = {
     "default": {
@@ -104,6 +106,7 @@ TARGETS = {
     "kernel_speedup": 1.5,  # Binary Concrete / Gumbel-Softmax vs torch.distributions
     "kernel_vs_gs": 3.0,  # any method's kernel at most this many times Gumbel-Softmax's
     "sweep_speedup": 1.7,  # joblib n_jobs=2 vs sequential
+    "help_s": 1.5,  # relaxrun --help, whole process, seconds
 }
 
 log = logging.getLogger("benchmark")
@@ -407,8 +410,14 @@ _REVISION_CHILD = r"""
 import os, sys
 tree = sys.argv[1]
 sys.path.insert(0, tree)
+# an editable install maps relaxrun (and relaxrun.configs, which lives in the repository's configs/)
+# to its own checkout: drop that mapping, so the package *and its configs* come from this tree
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
 import relaxrun
+relaxrun.__path__.append(os.path.join(tree))  # relaxrun.configs = <tree>/configs
 assert os.path.realpath(relaxrun.__file__).startswith(os.path.realpath(tree)), relaxrun.__file__
+import relaxrun.configs
+assert os.path.realpath(relaxrun.configs.__file__).startswith(os.path.realpath(tree)), relaxrun.configs.__file__
 from relaxrun.cli import main
 sys.argv = ["relaxrun", *sys.argv[2:]]
 main()
@@ -460,6 +469,45 @@ def bench_against(ctx: Context) -> dict:
     this, then = figs["this tree"], figs[f"revision {rev}"]
     return {"label": CONFIGS["default"]["label"], "revision": rev, "commit": commit, "figures": figs,
             "ratio": this["median"] / then["median"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# 1c. the commands that only print: --help and --cfg job (and python -c "import torch" beside them)
+# ------------------------------------------------------------------------------------------------
+
+CLI_COMMANDS = {"relaxrun --help": ["--help"], "relaxrun --cfg job": ["--cfg", "job"]}
+
+
+def bench_cli(ctx: Context) -> dict:
+    """Wall seconds of ``relaxrun --help`` and ``relaxrun --cfg job`` as whole processes (start to
+    exit, output discarded), for this tree and, with ``--against REV``, for that revision, beside
+    ``python -c "import torch"``; interleaved."""
+    trees = {"this tree": REPO}
+    commit = None
+    if ctx.args.against:
+        other = ctx.tmpdir("cli-rev-")
+        commit = export_revision(ctx.args.against, other)
+        trees[f"revision {ctx.args.against}"] = other
+
+    def wall(cmd: list[str], env: dict) -> Callable[[], float]:
+        def run() -> float:
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, env=env, cwd=ctx.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+            elapsed = time.perf_counter() - t0
+            if p.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[-2:])} failed ({p.returncode}): {p.stderr[-500:]}")
+            return elapsed
+        return run
+
+    fns = {}
+    for tname, tree in trees.items():
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        for cname, args in CLI_COMMANDS.items():
+            fns[f"{cname}|{tname}"] = wall([sys.executable, "-c", _REVISION_CHILD, str(tree), *args], env)
+    fns["python -c \"import torch\""] = wall([sys.executable, "-c", "import torch"], dict(os.environ))
+    figs = measure(fns, ctx.args.repeats, ctx.args.warmup)
+    return {"figures": figs, "revision": ctx.args.against, "commit": commit}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1331,6 +1379,24 @@ def render(res: dict) -> str:
         L += table(["source", "s/epoch median", "min", "max", "n", "load", "other cores"], rows)
         L += [f"This tree / revision `{ag['revision']}`: **{ag['ratio']:.3f}x** the time per epoch.", ""]
 
+    cli = res.get("cli")
+    if cli:
+        L += ["## 1c. Commands that only print", ""]
+        L += ["Wall time of whole processes, start to exit (output discarded), interleaved: `relaxrun --help` and "
+              "`relaxrun --cfg job` import neither torch nor torchvision (they compose the config and print it; "
+              "a run's checks happen when it runs)"
+              + (f", beside revision `{cli['revision']}` (commit `{cli['commit'][:12]}`)" if cli.get("revision") else "")
+              + "; `python -c \"import torch\"` for scale.", ""]
+        rows = []
+        for name, f in cli["figures"].items():
+            cmd, _, source = name.partition("|")
+            rows.append([f"`{cmd}`", source or "-"] + fig_cells(f))
+        L += table(["command", "source", "s median", "min", "max", "n", "load", "other cores"], rows)
+        h = cli["figures"].get("relaxrun --help|this tree")
+        if h:
+            ok = None if a["smoke"] else h["median"] < TARGETS["help_s"]
+            targets.append([f"`relaxrun --help` under {TARGETS['help_s']} s", f"{h['median']:.2f} s", verdict(ok)])
+
     bd = res.get("breakdown")
     if bd:
         L += ["## 2. Where the time goes", ""]
@@ -1733,6 +1799,8 @@ def main(argv=None) -> int:
                     res[section] = bench_throughput(ctx)
                 elif section == "against":
                     res[section] = bench_against(ctx)
+                elif section == "cli":
+                    res[section] = bench_cli(ctx)
                 elif section == "breakdown":
                     res[section] = bench_breakdown(ctx, res.get("throughput"))
                 elif section == "methods":

@@ -24,8 +24,9 @@ import pytest
 FAST = ["model.hidden=[64,32]", "trainer.max_steps=2", "trainer.progress=false", "trainer.log_every=1",
         "trainer.images=4"]
 REST = "model.hidden=[64,32],tau={tau},trainer.max_steps=2"
-JOBS = {(m, t): f"method={m},{REST.format(tau=t)}" for m in ("relaxed_bernoulli", "gumbel_softmax")
-        for t in ("0.5", "1.0")}
+# a job folder is named by the swept keys only; its setting (summary) holds every override
+JOBS = {(m, t): f"method={m},tau={t}" for m in ("relaxed_bernoulli", "gumbel_softmax") for t in ("0.5", "1.0")}
+SETTINGS = {(m, t): f"method={m},{REST.format(tau=t)}" for m, t in JOBS}
 FAILING = ("gumbel_softmax", "1.0")
 TIME_COLUMNS = {"seconds", "seconds_per_epoch"}
 
@@ -100,7 +101,7 @@ def test_sweep_names_jobs_isolates_the_failure_and_writes_the_summary(sweep):
     assert sorted(r["run"] for r in rows) == sorted(JOBS.values())
     for r in rows:
         key = (r["method"], r["tau"])
-        assert r["setting"] == JOBS[key]  # no seed override: the setting is the folder name
+        assert r["setting"] == SETTINGS[key]  # the overrides that identify the run (no seed override)
         assert r["seed"] == "0" and r["lr"] == "0.001"
         assert r["latent"] == ("20x10" if r["method"] == "gumbel_softmax" else "200")
         if key == FAILING:
@@ -113,6 +114,8 @@ def test_sweep_names_jobs_isolates_the_failure_and_writes_the_summary(sweep):
             assert float(r[k]) == m[k], k  # full precision
         assert r["test_neg_elbo_kind"] == m["test_neg_elbo_kind"] == "discrete"
         assert int(r["steps"]) == m["steps"] == 2
+        # a step-capped run: s/epoch is per epoch of steps, not the time of 2 steps
+        assert 0 < m["epochs_run"] < 1 and math.isclose(m["seconds_per_epoch"], m["seconds"] / m["epochs_run"])
 
     table = md_table(folder / "summary.md")
     assert len(table) == 4
@@ -240,8 +243,13 @@ def test_tensorboard_serves_runs_tags_and_hparams_of_the_sweep(sweep, tmp_path):
                 "final/test_neg_elbo", "final/seconds_per_epoch"} <= set(state["scalars"][run]), run
         assert {"images/reconstructions", "images/samples"} <= set(state["images"][run]), run
 
-    names = {h["name"] for h in state["experiment"]["hparamInfos"]}
-    assert {"method", "tau", "seed", "lr", "latent", "method.options"} <= names
+    infos = state["experiment"]["hparamInfos"]
+    names = {h["name"] for h in infos}
+    assert {"method", "tau", "seed", "lr", "latent", "method.options", "epochs", "steps"} <= names
+    # what distinguishes the runs comes first (TensorBoard shows the first 5 columns by default)
+    differing = [h["name"] for h in infos if h.get("differs")]
+    assert {"method", "tau"} <= set(differing) and [h["name"] for h in infos[:len(differing)]] == differing
+    assert {"method", "tau"} <= {h["name"] for h in infos[:5]}
     metrics = {m["name"]["tag"] for m in state["experiment"]["metricInfos"]}
     assert {"final/test_neg_elbo", "final/test_relaxed_objective", "final/seconds_per_epoch"} <= metrics
 
@@ -253,6 +261,7 @@ def test_tensorboard_serves_runs_tags_and_hparams_of_the_sweep(sweep, tmp_path):
         method, tau = ok_runs[session["name"]]
         hp = g["hparams"]
         assert (hp["method"], hp["tau"], hp["seed"], hp["lr"]) == (method, float(tau), 0, 0.001)
+        assert hp["steps"] == 2 and 0 < hp["epochs"] < 1  # what the run did (capped by max_steps)
         assert hp["latent"] == ("20x10" if method == "gumbel_softmax" else "200")
         assert names <= set(hp)  # every run has every column
         m = json.loads((folder / session["name"] / ".." / "metrics.json").read_text())
@@ -303,8 +312,10 @@ def test_submitit_local_launcher_runs_a_sweep(relaxrun_exe, mnist_root, tmp_path
     relaxrun(relaxrun_exe, ["-m", "method=relaxed_bernoulli,gumbel_softmax", "tau=0.5", f"data.root={mnist_root}",
                             *FAST, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
+    assert not [p.name for p in (sweep / ".submitit").iterdir() if "%" in p.name]  # no empty template folder
     rows = read_csv(sweep / "summary.csv")
-    assert sorted(r["run"] for r in rows) == sorted([JOBS[("relaxed_bernoulli", "0.5")], JOBS[("gumbel_softmax", "0.5")]])
+    # tau=0.5 is not swept (one value): the job folders are named by the method alone
+    assert sorted(r["run"] for r in rows) == ["method=gumbel_softmax", "method=relaxed_bernoulli"]
     assert all(r["status"] == "ok" for r in rows)
     for r in rows:
         cfg = json.loads((sweep / r["run"] / "metrics.json").read_text())["config"]

@@ -13,11 +13,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..checks import ConfigError
 from ..config import method_options
 from ..methods import available_methods, get_method_class
 from ..methods.base import Method
+from ..progress import Progress
 from .calibration import REF_NAME, REF_NAMES, REF_SCALED_NAME, build_reference, calibration_failures
 from .problems import KINDS, PROBLEMS, make_problem
 from .report import markdown_table, plot, text_table, update_doc, write_csv
@@ -105,7 +107,7 @@ def law_kind(spec: Spec, dtype=torch.float64) -> str:
 
 
 def run(specs: list[Spec], problems: list[str], taus: list[float], samples: int, seed: int, level: float,
-        alpha: float, chunk: int = 8192, dtype=torch.float64, log=print) -> list[dict]:
+        alpha: float, chunk: int = 8192, dtype=torch.float64, log=print, progress: bool = False) -> list[dict]:
     """All rows (one per problem x method x tau; tau-free methods once per problem; skips with reasons)."""
     rows = []
     kinds: dict[str, str | Exception] = {}
@@ -114,45 +116,55 @@ def run(specs: list[Spec], problems: list[str], taus: list[float], samples: int,
             kinds[spec.label] = law_kind(spec, dtype)
         except NotImplementedError as err:
             kinds[spec.label] = err
+    # a bar with ETA over the (problem, method) cells on a terminal; the per-row lines go above it
+    bar = Progress(len(problems) * len(specs), "gradcheck", "cell", enabled=progress)
     for pname in problems:
         probs = {k: make_problem(pname, k, seed, dtype) for k in KINDS}
         for spec in specs:
-            kind = kinds[spec.label]
-            base = {"problem": pname, "method": spec.label}
-            if isinstance(kind, Exception):
-                rows.append({**base, "status": "skipped", "reason": _reason(kind), "tau": ""})
-                continue
-            problem = probs[kind]
-            base.update(objective=problem.objective, kind=kind)
-            try:
-                method = build(spec, kind, problem.shape, dtype)
-                params = problem.make_params(method.param_dim)
-                objective = row_objective(method, problem)
-                base["objective"] = objective
-                # (whether loss - mean(kl) isolates E_q[f] is structural: checked at the initial control
-                # parameters, where a control variate that is 0 at f = 0 makes the draws exactly 0)
-                if objective == "expectation" and not expectation_is_isolated(method, problem, params, taus[0]):
-                    rows.append({**base, "status": "skipped", "tau": "", "reason": (
-                        "loss - mean(kl) still has a gradient when f = 0 (the loss carries a separate "
-                        "KL-gradient surrogate), so E_q[f]'s estimator cannot be isolated on this problem")})
-                    continue
-                if spec.trained:
-                    # unbiased estimators with learned control variates: checked after tuning them here
-                    method.fit_control(params, problem.decode, problem.x, spec.trained)
-                tau_list = taus if _uses_tau(method, problem, params) else [None]
-                for tau in tau_list:
-                    t0 = time.perf_counter()
-                    st = check_row(method, problem, taus[0] if tau is None else tau, samples, seed, level, alpha,
-                                   chunk, spec.label)
-                    rows.append({**base, "tau": "" if tau is None else tau, "status": "ok", "reason": "", **st})
-                    log(f"  {pname:<10} {spec.label:<28} tau={'-' if tau is None else tau:<4} "
-                        f"rel_err={st['rel_err']:.3g} ({time.perf_counter() - t0:.2f}s)")
-            except NotImplementedError as err:
-                rows.append({**base, "status": "skipped", "reason": _reason(err), "tau": ""})
-            except ConfigError as err:  # the spec's options do not admit the problem's sizes
-                rows.append({**base, "status": "skipped", "tau": "",
-                             "reason": f"not sized for this problem ({_reason(err)})"})
+            bar.set_postfix(now=f"{pname}/{spec.label}")
+            _cell(rows, kinds, probs, pname, spec, taus, samples, seed, level, alpha, chunk, dtype, log)
+            bar.update(1)
+    bar.close()
     return rows
+
+
+def _cell(rows, kinds, probs, pname, spec, taus, samples, seed, level, alpha, chunk, dtype, log) -> None:
+    """The rows of one (problem, method) cell, appended to ``rows``."""
+    kind = kinds[spec.label]
+    base = {"problem": pname, "method": spec.label}
+    if isinstance(kind, Exception):
+        rows.append({**base, "status": "skipped", "reason": _reason(kind), "tau": ""})
+        return
+    problem = probs[kind]
+    base.update(objective=problem.objective, kind=kind)
+    try:
+        method = build(spec, kind, problem.shape, dtype)
+        params = problem.make_params(method.param_dim)
+        objective = row_objective(method, problem)
+        base["objective"] = objective
+        # (whether loss - mean(kl) isolates E_q[f] is structural: checked at the initial control
+        # parameters, where a control variate that is 0 at f = 0 makes the draws exactly 0)
+        if objective == "expectation" and not expectation_is_isolated(method, problem, params, taus[0]):
+            rows.append({**base, "status": "skipped", "tau": "", "reason": (
+                "loss - mean(kl) still has a gradient when f = 0 (the loss carries a separate "
+                "KL-gradient surrogate), so E_q[f]'s estimator cannot be isolated on this problem")})
+            return
+        if spec.trained:
+            # unbiased estimators with learned control variates: checked after tuning them here
+            method.fit_control(params, problem.decode, problem.x, spec.trained)
+        tau_list = taus if _uses_tau(method, problem, params) else [None]
+        for tau in tau_list:
+            t0 = time.perf_counter()
+            st = check_row(method, problem, taus[0] if tau is None else tau, samples, seed, level, alpha,
+                           chunk, spec.label)
+            rows.append({**base, "tau": "" if tau is None else tau, "status": "ok", "reason": "", **st})
+            log(f"  {pname:<10} {spec.label:<28} tau={'-' if tau is None else tau:<4} "
+                f"rel_err={st['rel_err']:.3g} ({time.perf_counter() - t0:.2f}s)")
+    except NotImplementedError as err:
+        rows.append({**base, "status": "skipped", "reason": _reason(err), "tau": ""})
+    except ConfigError as err:  # the spec's options do not admit the problem's sizes
+        rows.append({**base, "status": "skipped", "tau": "",
+                     "reason": f"not sized for this problem ({_reason(err)})"})
 
 
 def _reason(err: Exception) -> str:
@@ -252,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_calibration and not any(s.name == REF_NAME for s in specs):
         specs += [Spec(REF_NAME, REF_NAME, {}), Spec(REF_SCALED_NAME, REF_SCALED_NAME, {})]
     torch.set_num_threads(1)  # tiny tensors: extra threads only add contention
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    log = (lambda *a, **k: None) if args.quiet else (lambda msg: tqdm.write(msg))  # above a bar, if any
     rows = run(specs, args.problems, args.taus, args.samples, args.seed, args.level, args.alpha, args.chunk,
-               log=log)
+               log=log, progress=not args.quiet)
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out / "gradcheck.csv")
