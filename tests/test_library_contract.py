@@ -354,3 +354,27 @@ def test_bridge_kl_from_the_dirichlet_decreases_towards_zero():
     diag = [kl_divergence(Dirichlet(c * base), LogisticNormalSoftmax(*map(lambda v, i: v if i == 0 else v.sqrt(),
             rd.dirichlet_to_logistic_normal(c * base), (0, 1)))).item() for c in (1.0, 10.0, 100.0)]
     assert min(diag) > 0.05
+
+
+# -- without pyro ------------------------------------------------------------------------------------------------
+def test_without_pyro_nothing_imports_it_and_nothing_changes():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['pyro'] = None  # as if pyro-ppl were not installed\n"
+        "import torch\n"
+        "import relaxrun.distributions as rd\n"
+        "from relaxrun.methods import available_methods\n"
+        "assert len(available_methods()) > 10  # every method module imported\n"
+        "assert not rd._common.PYRO_AVAILABLE\n"
+        "assert not [m for m, v in sys.modules.items() if v is not None and m.split('.')[0] == 'pyro']\n"
+        "d = rd.RelaxedBernoulli(0.5, probs=0.7)\n"
+        "assert type(d).__mro__[-2] is torch.distributions.Distribution\n"
+        "z = d.sample((100,))\n"
+        "assert bool(((z > 0) & (z < 1)).all())\n"
+        "assert float(torch.distributions.kl_divergence(d, rd.RelaxedBernoulli(0.5, probs=0.2))) > 0\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
