@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -113,7 +114,11 @@ def atomic_write(path: Path, write, what: str = "file") -> None:
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write ``state`` (with ``format_version``) atomically: never a half-written checkpoint."""
     state = dict(state, format_version=CHECKPOINT_VERSION)
-    atomic_write(path, lambda f: torch.save(state, f), "checkpoint")
+    # serialised in memory first: torch.save reports a failing file write (ENOSPC) as an obscure
+    # "unexpected pos" RuntimeError; a plain write of the bytes raises the OSError itself
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()), "checkpoint")
 
 
 def _first_non_finite(tensors: dict) -> tuple[str, str] | None:
@@ -152,16 +157,17 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        text = str(err).strip().splitlines()
+        text = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
         raise CheckpointError(f"cannot read checkpoint {path} ({size} bytes): truncated or not a relaxrun "
-                              f"checkpoint ({type(err).__name__}: {text[0] if text else ''}); {leave}") from None
+                              f"checkpoint ({type(err).__name__}: {text}); {leave}") from None
     if not isinstance(ck, dict):
         raise CheckpointError(f"cannot read checkpoint {path}: it holds a {type(ck).__name__}, not a relaxrun "
                               f"checkpoint; {leave}")
     version = ck.get("format_version", 1)
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version!r}; this relaxrun reads format "
-                              f"version {CHECKPOINT_VERSION} (written by another relaxrun version); {leave}")
+                              f"version {CHECKPOINT_VERSION} ({'a newer' if isinstance(version, int) and version > CHECKPOINT_VERSION else 'another'} relaxrun wrote it); "
+                              f"{leave}")
     missing = [k for k in CHECKPOINT_KEYS if k not in ck]
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a complete relaxrun checkpoint (missing "
