@@ -42,7 +42,15 @@ log = logging.getLogger("relaxrun")
 
 
 #: seconds between "jobs done / total" lines of a sweep whose jobs run in other processes
+#: (``RELAXRUN_SWEEP_POLL_SECONDS`` overrides it)
 SWEEP_POLL_SECONDS = 10.0
+
+
+def _poll_seconds() -> float:
+    try:
+        return max(0.1, float(os.environ.get("RELAXRUN_SWEEP_POLL_SECONDS", SWEEP_POLL_SECONDS)))
+    except ValueError:
+        return SWEEP_POLL_SECONDS
 
 
 def sweep_counts(sweep_dir: Path) -> tuple[int, list[str]]:
@@ -67,7 +75,8 @@ class SweepSummary(Callback):
     Progress: with the basic launcher (jobs in this process, one at a time) one line as each job
     starts and ends, ``relaxrun: sweep job 3/12: method=gst,tau=0.5`` / ``relaxrun: sweep: 3/12
     jobs done (method=gst,tau=0.5: ok)``; with joblib or submitit (jobs in other processes) a line
-    every ``SWEEP_POLL_SECONDS`` when the count changes, naming the jobs running. The total comes
+    every ``SWEEP_POLL_SECONDS`` when the count changes, naming the jobs running, and a last one when
+    the sweep ends. The total comes
     from the command line (``relaxrun`` sets it); the count from the job folders' outcome files."""
 
     def __init__(self, print_table: bool = True) -> None:
@@ -86,7 +95,8 @@ class SweepSummary(Callback):
 
     def _poll(self, sweep_dir: Path) -> None:
         last = None
-        while not self._stop.wait(SWEEP_POLL_SECONDS):
+        interval = _poll_seconds()
+        while not self._stop.wait(interval):
             done, running = sweep_counts(sweep_dir)
             if (done, running) != last:
                 last = (done, running)
@@ -130,6 +140,8 @@ class SweepSummary(Callback):
             self._stop.set()
             self._poller.join(timeout=5)
             self._poller = None
+            done, _ = sweep_counts(Path(str(config.hydra.sweep.dir)))
+            _say(f"relaxrun: sweep: {done}/{self._total()} jobs done")
         _drop_template_folders(Path(str(config.hydra.sweep.dir)) / ".submitit")
         from .report import ReportError, write_summary
 

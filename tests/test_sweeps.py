@@ -32,7 +32,7 @@ TIME_COLUMNS = {"seconds", "seconds_per_epoch"}
 
 
 def relaxrun(exe: str, args: list[str], cwd: Path, check: bool = True, timeout: float = 300):
-    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", RELAXRUN_SWEEP_POLL_SECONDS="0.5")
     env.pop("RELAXRUN_DATA_ROOT", None)
     p = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
@@ -296,6 +296,7 @@ def test_joblib_launcher_gives_the_same_summary(sweep, relaxrun_exe, mnist_root,
     par = tmp_path / "sweep"
     p = run_sweep(relaxrun_exe, mnist_root, par, tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert "Joblib.Parallel(n_jobs=2" in p.stdout + p.stderr
+    assert "relaxrun: sweep: 4/4 jobs done" in p.stdout  # the count, polled while the workers run
     _same_summary(folder, par)
     assert "cannot read checkpoint" in (par / JOBS[FAILING] / "error.txt").read_text()
     # the per-job thread rule: max(1, cores // n_jobs), recorded in the run's config
@@ -309,8 +310,10 @@ def test_joblib_launcher_gives_the_same_summary(sweep, relaxrun_exe, mnist_root,
 
 def test_submitit_local_launcher_runs_a_sweep(relaxrun_exe, mnist_root, tmp_path):
     sweep = tmp_path / "sweep"
-    relaxrun(relaxrun_exe, ["-m", "method=relaxed_bernoulli,gumbel_softmax", "tau=0.5", f"data.root={mnist_root}",
-                            *FAST, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    p = relaxrun(relaxrun_exe, ["-m", "method=relaxed_bernoulli,gumbel_softmax", "tau=0.5", f"data.root={mnist_root}",
+                                *FAST, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    # progress while the jobs run elsewhere (polled from the job folders), and the last count
+    assert "relaxrun: sweep: 2/2 jobs done" in p.stdout, p.stdout
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
     assert not [p.name for p in (sweep / ".submitit").iterdir() if "%" in p.name]  # no empty template folder
     rows = read_csv(sweep / "summary.csv")
