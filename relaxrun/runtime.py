@@ -186,6 +186,56 @@ def write_json_atomic(path: Path, obj) -> None:
     atomic_write(path, lambda f: f.write(text), "file")
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse, before anything is written, a run folder that another process holds or that cannot
+    be written: RunFolderBusy or WriteError with one line naming it. Creates nothing (a command line
+    can call it before Hydra writes ``.hydra/`` and the log into the folder); :class:`run_folder_lock`
+    then takes the lock for the run itself."""
+    run_dir = Path(run_dir).absolute()
+    if run_dir.is_dir():
+        lock = run_dir / LOCK
+        if lock.is_file():
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - Windows
+                fcntl = None
+            if fcntl is not None:
+                with contextlib.suppress(OSError), open(lock, "rb") as f:
+                    try:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        holder = f.read(32).decode(errors="replace").strip()
+                        raise RunFolderBusy(f"the run folder {run_dir} is in use by another relaxrun process"
+                                            f"{' (pid ' + holder + ')' if holder.isdigit() else ''}: wait for it "
+                                            "to end or choose another hydra.run.dir") from None
+        problem = _cannot_write_in(run_dir)
+        if problem:
+            raise WriteError(f"the run folder {run_dir} is not writable ({problem}): choose another hydra.run.dir "
+                             "or make it writable")
+        return
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise WriteError(f"cannot create the run folder {run_dir}: {parent} is a file, not a folder")
+    problem = _cannot_write_in(parent)
+    if problem:
+        raise WriteError(f"cannot create the run folder {run_dir}: {parent} is not writable ({problem}); choose "
+                         "another hydra.run.dir")
+
+
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why nothing can be created in ``folder`` (tried: a temporary folder made and removed), or None.
+    Trying catches what permission bits do not show: a read-only mount, root on a read-only file system."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".relaxrun-probe-", dir=folder))
+    except OSError as err:
+        return os_error_text(err)
+    return None
+
+
 class run_folder_lock:  # noqa: N801  (used as a context manager, like open)
     """Hold ``<run_dir>/.relaxrun.lock`` (an exclusive ``fcntl.flock``) for the life of the block.
 

@@ -399,6 +399,33 @@ def test_read_only_run_folder_is_refused_before_any_work(mnist_root, run_copy, m
     assert snapshot(run_copy) == before
 
 
+def test_check_run_folder_refuses_unwritable_and_busy_folders_creating_nothing(run_copy, tmp_path, monkeypatch):
+    """The check a command line makes before Hydra writes .hydra/ and the log into the run folder."""
+    from relaxrun.runtime import check_run_folder
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(WriteError, match=f"cannot create the run folder {tmp_path}/a_file/run: .* is a file"):
+        check_run_folder(tmp_path / "a_file" / "run")
+    check_run_folder(tmp_path / "new" / "run")  # can be made: fine, and nothing made yet
+    assert not (tmp_path / "new").exists()
+    before = snapshot(run_copy)
+    with run_folder_lock(run_copy):
+        with pytest.raises(RunFolderBusy, match=f"in use by another relaxrun process \\(pid {os.getpid()}\\)"):
+            check_run_folder(run_copy)
+    check_run_folder(run_copy)
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(WriteError, match=r"the run folder .* is not writable \(\[Errno 30\] Read-only file system"):
+        check_run_folder(run_copy)
+    with pytest.raises(WriteError, match=r"cannot create the run folder .*: .* is not writable \(\[Errno 30\]"):
+        check_run_folder(tmp_path / "new" / "run")
+    assert snapshot(run_copy) == before and not [n for n in os.listdir(run_copy) if n.startswith(".relaxrun-probe")]
+
+
 def test_relaxrun_eval_on_a_full_disk_keeps_metrics(run_copy, monkeypatch, capsys):
     before = snapshot(run_copy)
     disk_full_for(monkeypatch, "metrics.json")
