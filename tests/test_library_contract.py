@@ -378,3 +378,20 @@ def test_without_pyro_nothing_imports_it_and_nothing_changes():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("pair", ["RB other tau", "HardConcrete"])
+def test_quadrature_kl_of_expanded_laws_is_the_expanded_kl_with_the_same_gradient(pair):
+    # the quadrature runs once per distinct parameter (stride-0 dimensions are cut) and is expanded back
+    make_p, make_q = KL_PAIRS[pair]
+    p, q = make_p(), make_q()
+    a = p.logits.clone().requires_grad_(True)
+    p1 = type(p)(p.temperature, logits=a)
+    kl = kl_divergence(p1, q)
+    (g,) = torch.autograd.grad(kl.sum() * 1000, a)
+    pe, qe = p1.expand((1000, 3)), q.expand((1000, 3))
+    kl_e = kl_divergence(pe, qe)
+    (g_e,) = torch.autograd.grad(kl_e.sum(), a)
+    assert kl_e.shape == (1000, 3)
+    torch.testing.assert_close(kl_e, kl.expand(1000, 3).detach(), rtol=1e-12, atol=0, check_stride=False)
+    torch.testing.assert_close(g_e, g, rtol=1e-10, atol=1e-12)

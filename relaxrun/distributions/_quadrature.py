@@ -20,11 +20,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gauss_legendre_panels", "logistic_breakpoints", "logistic_expectation", "logistic_log_density"]
+__all__ = ["compact_broadcast", "gauss_legendre_panels", "logistic_breakpoints", "logistic_expectation", "logistic_log_density"]
 
 _ORDER = 8
 _SPAN = 40.0
 _POINTS = 161
+
+
+def compact_broadcast(*tensors: torch.Tensor):
+    """``(views, shape)``: the tensors broadcast to ``shape``, with every dimension that all of them only
+    repeat (stride 0, as ``expand`` makes) cut to size 1. A quadrature over the views costs what the
+    distinct parameters need, not the batch (Pyro's particle and plate dimensions are such repeats);
+    ``result.expand(shape)`` restores the full shape."""
+    ts = torch.broadcast_tensors(*tensors)
+    shape = ts[0].shape
+    index = tuple(slice(0, 1) if n > 1 and all(t.stride(d) == 0 for t in ts) else slice(None)
+                  for d, n in enumerate(shape))
+    return [t[index] for t in ts], shape
 
 
 def _nodes(dtype, device):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.distributions import constraints, register_kl
 from torch.distributions.utils import broadcast_all
 
-from ._quadrature import logistic_expectation, logistic_log_density
+from ._quadrature import compact_broadcast, logistic_expectation, logistic_log_density
 from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, check_positive, logit,
                       open_unit_interval, probs_or_logits, uniform_noise)
 
@@ -194,8 +194,7 @@ def _kl_relaxed_bernoulli(p: RelaxedBernoulli, q: RelaxedBernoulli) -> torch.Ten
     tp, tq = torch.broadcast_tensors(p.temperature, q.temperature)
     if bool((tp == tq).all()):
         return _kl_same_scale_logistic(q.logits - p.logits)
-    lp, lq = torch.broadcast_tensors(p.logits, q.logits)
-    tp, tq = torch.broadcast_tensors(tp, lp)[0], torch.broadcast_tensors(tq, lq)[0]
+    (lp, tp, lq, tq), shape = compact_broadcast(p.logits, p.temperature, q.logits, q.temperature)
     loc_p, scale_p = lp.to(torch.float64) / tp.to(torch.float64), tp.to(torch.float64).reciprocal()
     loc_q, scale_q = lq.to(torch.float64) / tq.to(torch.float64), tq.to(torch.float64).reciprocal()
     lpq = (loc_p.unsqueeze(-1), scale_p.unsqueeze(-1), loc_q.unsqueeze(-1), scale_q.unsqueeze(-1))
@@ -203,4 +202,4 @@ def _kl_relaxed_bernoulli(p: RelaxedBernoulli, q: RelaxedBernoulli) -> torch.Ten
     def log_ratio(y):
         return logistic_log_density(y, lpq[0], lpq[1]) - logistic_log_density(y, lpq[2], lpq[3])
 
-    return logistic_expectation(log_ratio, loc_p, scale_p).to(lp.dtype)
+    return logistic_expectation(log_ratio, loc_p, scale_p).to(lp.dtype).expand(shape)

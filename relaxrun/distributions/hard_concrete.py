@@ -38,7 +38,7 @@ from torch.distributions.utils import broadcast_all
 
 from ._common import (BinaryProbsLogits, RelaxrunDistribution, SampleCache, atoms_and_density, check_positive, logit,
                       probs_or_logits)
-from ._quadrature import logistic_expectation, logistic_log_density
+from ._quadrature import compact_broadcast, logistic_expectation, logistic_log_density
 from .binary_concrete import binary_concrete_logit_log_prob, sample_logistic
 
 __all__ = ["HardConcrete"]
@@ -236,8 +236,9 @@ def _kl_hard_concrete(p: HardConcrete, q: HardConcrete) -> torch.Tensor:
             f"kl_divergence(HardConcrete || HardConcrete) needs the same stretch (l, r); got {(p.l, p.r)} and "
             f"{(q.l, q.r)} (the supports' atoms differ in meaning); use the Monte Carlo estimate "
             f"(p.log_prob(z) - q.log_prob(z)).mean() over z = p.sample((n,))")
-    shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
-    p, q = p.expand(shape), q.expand(shape)
+    (lp, tp, lq, tq), shape = compact_broadcast(p.logits, p.temperature, q.logits, q.temperature)
+    p = HardConcrete(tp, logits=lp, l=p.l, r=p.r, validate_args=False)
+    q = HardConcrete(tq, logits=lq, l=q.l, r=q.r, validate_args=False)
     loc_p, scale_p, y0, y1 = p._open_part()
     loc_q, scale_q, _, _ = q._open_part()
     args = (loc_p.unsqueeze(-1), scale_p.unsqueeze(-1), loc_q.unsqueeze(-1), scale_q.unsqueeze(-1))
@@ -249,4 +250,4 @@ def _kl_hard_concrete(p: HardConcrete, q: HardConcrete) -> torch.Tensor:
     lp0, lq0 = p.log_prob_zero().to(torch.float64), q.log_prob_zero().to(torch.float64)
     lp1, lq1 = p.log_prob_one().to(torch.float64), q.log_prob_one().to(torch.float64)
     atoms = lp0.exp() * (lp0 - lq0) + lp1.exp() * (lp1 - lq1)
-    return (atoms + inner).to(p.logits.dtype)
+    return (atoms + inner).to(p.logits.dtype).expand(shape)
