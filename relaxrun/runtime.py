@@ -281,7 +281,7 @@ class run_folder_lock:  # noqa: N801  (used as a context manager, like open)
                     raise WriteError(f"cannot lock the run folder {self.run_dir}: {os_error_text(err)}") from None
                 raise RunFolderBusy(f"the run folder {self.run_dir} is in use by another relaxrun process"
                                     f"{' (pid ' + holder + ')' if holder.isdigit() else ''}: wait for it to end "
-                                    f"or choose another hydra.run.dir; nothing was changed") from None
+                                    f"or choose another hydra.run.dir; its checkpoint and results are not touched") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

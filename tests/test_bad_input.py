@@ -485,9 +485,10 @@ def test_two_runs_in_one_folder_then_kill_9_leaves_no_stale_lock(relaxrun_exe, m
         first.wait()
     assert (run_dir / runtime.LOCK).exists()
     assert load_checkpoint(run_dir / CHECKPOINT)["state"]["step"] >= step  # the last checkpoint loads
-    p = cli(relaxrun_exe, [*args, "resume=true", "trainer.epochs=100000", "trainer.max_steps=1"], cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    assert not (run_dir / runtime.LOCK).exists()
+    runtime.check_run_folder(run_dir)  # not busy: the dead process's lock went with it
+    metrics = train(composed(*overrides(mnist_root, "resume=true", "trainer.epochs=100000", "trainer.max_steps=1")),
+                    run_dir)  # resumes (at a later step than asked for: nothing to train, finishes)
+    assert metrics["steps"] >= step and not (run_dir / runtime.LOCK).exists()
 
 
 KILL_MID_WRITE = """
@@ -652,7 +653,6 @@ def test_every_method_numeric_key_refuses_a_wrong_type_and_out_of_range_values(m
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("trainer.grad_clip=inf", "trainer.grad_clip must be a finite number >= 0"),
     ("method.latent_dim=3000000000", "method.latent_dim must be an integer <= 2147483647"),
 ])
 def test_numeric_keys_at_the_command_line(relaxrun_exe, tmp_path, override, needle):
