@@ -453,3 +453,12 @@ def _no_exact_kl(p: Distribution, q: Distribution):
 register_kl(RelaxrunDistribution, RelaxrunDistribution)(_no_exact_kl)
 register_kl(RelaxrunDistribution, Distribution)(_no_exact_kl)
 register_kl(Distribution, RelaxrunDistribution)(_no_exact_kl)
+
+if PYRO_AVAILABLE:
+    from pyro.distributions import Delta as _PyroDelta
+
+    @register_kl(_PyroDelta, RelaxrunDistribution)
+    def _kl_delta(p, q):
+        """KL(Delta(v) || q) = -log q(v), Pyro's rule for a point mass (AutoDelta guides), registered for
+        this pair too so that it does not meet the catch-all above as an ambiguous match."""
+        return -q.log_prob(p.v)

@@ -187,7 +187,7 @@ def _kl_relaxed_bernoulli(p: RelaxedBernoulli, q: RelaxedBernoulli) -> torch.Ten
     r"""KL between two Binary Concretes: the KL of their logits y (a shared bijection z = sigmoid(y)).
 
     With equal temperatures both y are logistic with the same scale 1/tau, and the KL is
-    :math:`\delta\coth(\delta/2) - 2` with :math:`\delta = 	ext{logits}_q - 	ext{logits}_p`, whatever
+    :math:`\delta\coth(\delta/2) - 2` with :math:`\delta = \text{logits}_q - \text{logits}_p`, whatever
     tau is. With different temperatures it is the 1-D integral of :math:`p(y)\log(p(y)/q(y))`, computed
     by the quadrature of :mod:`relaxrun.distributions._quadrature` (float64).
     """
