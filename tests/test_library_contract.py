@@ -395,3 +395,20 @@ def test_quadrature_kl_of_expanded_laws_is_the_expanded_kl_with_the_same_gradien
     assert kl_e.shape == (1000, 3)
     torch.testing.assert_close(kl_e, kl.expand(1000, 3).detach(), rtol=1e-12, atol=0, check_stride=False)
     torch.testing.assert_close(g_e, g, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["StraightThrough", "StochasticTimesSmooth", "GenGS", "HardConcrete",
+                                  "StochasticGate"])
+def test_quantile_is_the_smallest_point_whose_cdf_reaches_q(name):
+    # icdf(q) = inf{x : F(x) >= q}: F(icdf(q)) >= q, and F just below it is < q (atoms included)
+    d = MOMENT_LAWS[name]()
+    q = torch.linspace(0.005, 0.995, 199, dtype=F64).unsqueeze(-1)
+    x = d.icdf(q)
+    assert torch.all(d.cdf(x) >= q - 1e-12)
+    assert torch.all(d.cdf(x - 1e-9) < q + 1e-7)
+    # and against the empirical quantiles of samples (Monte Carlo; 1e5 draws)
+    torch.manual_seed(9)
+    z = d.sample((MC,))
+    for level in (0.1, 0.5, 0.9):
+        emp = (z <= d.icdf(torch.tensor(level, dtype=F64))).to(F64).mean(0)
+        assert torch.all(emp >= level - 4 * math.sqrt(level * (1 - level) / MC))

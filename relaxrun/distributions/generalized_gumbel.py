@@ -374,6 +374,22 @@ class GeneralizedGumbelSoftmax(CategoricalProbsLogits, RelaxrunDistribution):
     def mode(self) -> torch.Tensor:
         return self.support_values[self.logits.argmax(-1)]
 
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """P(X <= x) = sum of pi_k over the support values v_k <= x (the discrete law)."""
+        value = torch.as_tensor(value, dtype=self.support_values.dtype, device=self.support_values.device)
+        below = (self.support_values <= value.unsqueeze(-1)).to(self.probs.dtype)
+        return (self.probs * below).sum(-1)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Quantile function inf{x : P(X <= x) >= q}: the smallest support value whose CDF reaches q."""
+        q = torch.as_tensor(value, dtype=self.support_values.dtype, device=self.support_values.device)
+        order = self.support_values.argsort()
+        cum = self.probs[..., order].cumsum(-1)
+        cum, q = torch.broadcast_tensors(cum, q.unsqueeze(-1))
+        # rounding can leave the total just below 1: the last value is the answer for q up to 1
+        k = (cum < q).sum(-1).clamp(max=order.numel() - 1)
+        return self.support_values[order][k]
+
     def entropy(self) -> torch.Tensor:
         lp = self.logits
         p = lp.exp()

@@ -138,10 +138,21 @@ class StochasticTimesSmooth(BinaryProbsLogits, SampleCache, RelaxrunDistribution
 
     has_enumerate_support = True
 
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """P(h <= x): 0 for x < 0, 1 - sqrt(p) for 0 <= x < sqrt(p), 1 for x >= sqrt(p)."""
+        g = self.gate_probs
+        value, g = torch.broadcast_tensors(torch.as_tensor(value, dtype=g.dtype, device=g.device), g)
+        c = torch.where(value >= g, torch.ones_like(g), 1 - g)
+        return torch.where(value < 0, torch.zeros_like(c), c)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Quantile function inf{x : P(h <= x) >= q}: 0 for q <= 1 - sqrt(p), else sqrt(p)."""
+        g = self.gate_probs
+        q = torch.as_tensor(value, dtype=g.dtype, device=g.device)
+        return torch.where(q > 1 - g, g, torch.zeros_like(g))
+
     _unavailable = {
         "mode": "the mode is 0 where sqrt(p) < 1/2, else sqrt(p): compare gate_probs with 0.5",
-        "cdf": "the support {0, sqrt(p)} moves with p; use gate (the Bernoulli law of b) instead",
-        "icdf": "the support {0, sqrt(p)} moves with p; use gate (the Bernoulli law of b) instead",
     }
 
     def __repr__(self):
