@@ -109,6 +109,15 @@ def bits_per_dim(nats_per_image: float, dims: int = 784) -> float:
     return nats_per_image / (dims * math.log(2))
 
 
+def _flat_items(node, prefix: str = ""):
+    """(dotted key, value) of every leaf of a nested dict (a run's saved config)."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _flat_items(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 def main(argv: list[str] | None = None) -> int:
     """``relaxrun-eval RUN [key=value ...]``: re-evaluate a saved run (folder or checkpoint.pt).
 
@@ -176,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             for o in args.overrides:
                 key, value = o.split("=", 1)
                 if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-                    raise ConfigError(f"unknown key {key}")
+                    import difflib
+
+                    flat = [k for k, _ in _flat_items(OmegaConf.to_container(cfg))]
+                    near = difflib.get_close_matches(key, flat, n=1, cutoff=0.6)
+                    raise ConfigError(f"unknown key {key}" + (f"; did you mean {near[0]}?" if near else ""))
                 try:
                     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
                 except OmegaConfBaseException as err:

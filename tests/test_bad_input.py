@@ -219,7 +219,7 @@ def test_relaxrun_eval_refuses_bad_overrides_a_bad_metrics_file_and_nan_results(
     before = snapshot(run_copy)
     for args, needle in [(["eval.iwae_samples=abc"], "eval.iwae_samples"),
                          (["eval.iwae_samples=-1"], "eval.iwae_samples must be an integer >= 0"),
-                         (["trainer.epoch=3"], "unknown key trainer.epoch"),
+                         (["trainer.epoch=3"], "unknown key trainer.epoch; did you mean trainer.epochs?"),
                          (["iwae"], "overrides must look like key=value")]:
         assert eval_main([str(run_copy), *args]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
