@@ -222,7 +222,7 @@ class HardConcrete(BinaryProbsLogits, SampleCache, RelaxrunDistribution):
         return (-lp0.exp() * lp0 - lp1.exp() * lp1 + inner).to(self.logits.dtype)
 
     def __repr__(self):
-        return (f"HardConcrete(log_alpha: {tuple(self.log_alpha.shape)}, beta: {tuple(self.beta.shape)}, "
+        return (f"HardConcrete(temperature: {tuple(self.temperature.shape)}, logits: {tuple(self.logits.shape)}, "
                 f"l={self.l}, r={self.r})")
 
 
