@@ -27,6 +27,7 @@ Per-job resources (:func:`job_resources`), applied by the CLI to every multirun 
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import os
@@ -83,6 +84,7 @@ class SweepSummary(Callback):
         self.print_table = print_table
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
+        self._ended = True
 
     def __getstate__(self) -> dict:  # launchers pickle the callbacks with each job: leave the thread behind
         return {"print_table": self.print_table}
@@ -123,6 +125,10 @@ class SweepSummary(Callback):
         target = str(config.hydra.launcher.get("_target_", "") or "")
         if target and not launcher_importable(target):
             self._refuse(target)
+        # a sweep that dies (a joblib worker killed, the launcher raising) never reaches
+        # on_multirun_end: write the summary of what is on disk at exit all the same
+        self._ended = False
+        atexit.register(self._summary_at_exit, Path(str(config.hydra.sweep.dir)))
         if launcher_kind(config.hydra.launcher) != "basic":
             self._stop.clear()
             self._poller = threading.Thread(target=self._poll, args=(Path(str(config.hydra.sweep.dir)),),
@@ -135,7 +141,25 @@ class SweepSummary(Callback):
         print(f"relaxrun: error: the launcher {target} is not installed; {hint}", file=sys.stderr, flush=True)
         raise SystemExit(2)
 
+    def _summary_at_exit(self, sweep_dir: Path) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._stop.set()
+        from .report import write_summary
+
+        try:
+            rows, _, _ = write_summary([sweep_dir], sweep_dir)
+        except Exception as err:
+            _say(f"relaxrun: the sweep stopped before its end; no summary ({type(err).__name__}: {err})")
+            return
+        done = sum(r["status"] in ("ok", "skipped") for r in rows)
+        _say(f"relaxrun: the sweep stopped before its end; the results on disk are kept ({done} of "
+             f"{self._total()} jobs finished); summary in {sweep_dir}/summary.{{csv,md,png}}. Finish it with the "
+             f"same command plus resume=true hydra.sweep.dir={sweep_dir}")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._ended = True
         if self._poller is not None:
             self._stop.set()
             self._poller.join(timeout=5)

@@ -191,6 +191,7 @@ def precheck(argv: list[str]) -> tuple[list[str], list[str], int]:
                 hint = _did_you_mean(err, job, compose, args.config_name) if "not in" in str(err) else ""
                 raise ConfigError(f"{err}{hint}") from None
         sizes: dict[str, int] = {}  # swept key -> number of values (the command line wins over a preset)
+        _check_output_folder(compose, args, jobs[0])
         if args.multirun:
             parser = OverridesParser.create()
             full = compose(config_name=args.config_name or "config", overrides=jobs[0], return_hydra_config=True)
@@ -201,6 +202,24 @@ def precheck(argv: list[str]) -> tuple[list[str], list[str], int]:
     if skipped and len(skipped) == len(jobs):
         raise ConfigError(f"every job of the sweep would be skipped; first: {skipped[0]}")
     return skipped, sorted(k for k, n in sizes.items() if n > 1), math.prod(sizes.values())
+
+
+def _check_output_folder(compose, args, job: list[str]) -> None:
+    """Refuse, before Hydra writes ``.hydra/`` into it, a run folder another process holds or a run or
+    sweep folder that cannot be written (relaxrun/runtime.py ``check_run_folder``)."""
+    from .runtime import TrainingError, check_run_folder
+
+    hydra_overrides = [o for o in args.overrides if o.lstrip("+~").startswith("hydra")]
+    try:
+        full = compose(config_name=args.config_name or "config", overrides=[*job, *hydra_overrides],
+                       return_hydra_config=True)
+        folder = full.hydra.sweep.dir if args.multirun else full.hydra.run.dir
+    except Exception:  # the overrides were composed above; a folder that cannot be named is Hydra's to report
+        return
+    try:
+        check_run_folder(Path(str(folder)))
+    except TrainingError as err:
+        raise ConfigError(str(err).replace("hydra.run.dir", "hydra.sweep.dir") if args.multirun else str(err)) from None
 
 
 def _n_values(ov) -> int:
@@ -220,6 +239,7 @@ def _run_dir() -> Path:
 @hydra.main(config_path="pkg://relaxrun.configs", config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig):
     from .data import DataError
+    from .runtime import RunFolderBusy
     from .train import Interrupted, TrainingError, train
 
     run_dir = _run_dir()
@@ -250,6 +270,11 @@ def _hydra_entry(cfg: DictConfig):
         _log_to_files(logging.WARNING, message)
         say(f"relaxrun: {message}")
         raise SystemExit(130)
+    except RunFolderBusy as err:  # the folder is another run's: write nothing into it
+        say(f"relaxrun: error: {err}")
+        if multirun:
+            return {"status": "failed", "error": str(err)}
+        raise SystemExit(1)
     except (ConfigError, DataError, TrainingError) as err:
         message = str(err)
         trace = None
@@ -275,6 +300,30 @@ def _log_to_files(level: int, message: str) -> None:
         logger = logger.parent if logger.propagate else None
 
 
+def _sweep_failures_in_one_line() -> None:
+    """A sweep whose launcher raises (a joblib worker killed -9, a cluster error) is reported in one
+    line instead of Hydra's traceback (HYDRA_FULL_ERROR=1 keeps the trace); the jobs' results stay on
+    disk and the sweep callback writes the summary of what finished at exit."""
+    try:
+        import hydra._internal.utils as hydra_utils
+    except ImportError:  # pragma: no cover - another Hydra layout: keep its own report
+        return
+    if not hasattr(hydra_utils, "run_and_report"):  # pragma: no cover
+        return
+
+    def run_and_report(func):
+        try:
+            return func()
+        except Exception as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            say(f"relaxrun: error: the sweep stopped: {type(err).__name__}: {_short(err)} "
+                "(HYDRA_FULL_ERROR=1 shows the trace)")
+            raise SystemExit(1)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 def main() -> None:
     """Console script entry point."""
     register_configs()
@@ -295,6 +344,8 @@ def main() -> None:
             say(f"relaxrun: {len(skipped)} job(s) of the sweep will be skipped (the method does not take "
                 f"the setting), e.g. {skipped[0]}")
     logging.raiseExceptions = False  # a console gone (| tee killed by Ctrl-C) must not print tracebacks
+    if {"-m", "--multirun"}.intersection(argv):
+        _sweep_failures_in_one_line()
     try:
         _hydra_entry()
     except BrokenPipeError:

@@ -135,11 +135,17 @@ def load_images(name: str, root: str, train: bool, download: bool) -> torch.Tens
             check_idx(os.path.join(folder, f))
             check_checksum(name, os.path.join(folder, f))
     chatter = io.StringIO()
+    # the folders a download would create: removed again (when still empty) if it fails
+    made = [p for p in (os.path.join(root, cls.__name__, "raw"), os.path.join(root, cls.__name__), root)
+            if not os.path.exists(p)]
     try:
         with contextlib.redirect_stdout(chatter):  # torchvision prints every mirror it tries
             ds = cls(root, train=train, download=download and bool(missing))
     except Exception as err:  # download failure (offline) or unreadable files
         log.debug("torchvision said: %s", chatter.getvalue())
+        for folder_made in made:  # innermost first: only folders this attempt created, only if empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder_made)
         if missing:
             raise DataError(f"{name} files not found and could not be downloaded: put {', '.join(files)} "
                             f"in {os.path.abspath(folder)} (or point data.root at the folder holding "

@@ -7,6 +7,7 @@ are reproducible and evaluating never changes the training run's random stream.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -118,6 +119,30 @@ def _flat_items(node, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
+def _saved_data_root(cfg, run_dir) -> None:
+    """A relative ``data.root`` saved by an older run: resolve it against the folder that run was
+    started from (``.hydra/hydra.yaml``: ``hydra.runtime.cwd``), never against today's working
+    directory. Where that is unknown, keep it but do not download: nothing is written where
+    relaxrun-eval happens to run. (Runs save data.root absolute; this is for earlier ones.)"""
+    import os
+
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.select(cfg, "data.root")
+    if root is None or os.path.isabs(str(root)):
+        return
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    start = None
+    try:
+        start = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.cwd")
+    except Exception:  # no or unreadable .hydra/: the start folder is unknown
+        start = None
+    if start:
+        cfg.data.root = os.path.normpath(os.path.join(str(start), str(root)))
+    else:
+        cfg.data.download = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """``relaxrun-eval RUN [key=value ...]``: re-evaluate a saved run (folder or checkpoint.pt).
 
@@ -182,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "it is left as it is") from None
             if not any(o.startswith("eval.iwae_samples=") for o in args.overrides):
                 cfg.eval.iwae_samples = cfg.eval.iwae_samples or 1000
+            if not any(o.startswith("data.root=") for o in args.overrides):
+                _saved_data_root(cfg, run_dir)
             for o in args.overrides:
                 key, value = o.split("=", 1)
                 if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
@@ -209,18 +236,30 @@ def main(argv: list[str] | None = None) -> int:
 
         method.temperature.at(max(step - 1, 0))  # the schedule's value at the last step trained
         tau = method.tau
-        res = evaluate(model, method, data.test, run.trainer.eval_batch_size, seed=run.data.eval_seed)
+        if not logging.getLogger().handlers and not logging.getLogger("relaxrun").handlers:
+            # progress lines when not on a terminal (relaxrun/progress.py), on stderr
+            logging.basicConfig(level=logging.INFO, format="relaxrun-eval: %(message)s")
+        try:
+            res = evaluate(model, method, data.test, run.trainer.eval_batch_size, seed=run.data.eval_seed,
+                           progress="test")
+            k = run.eval.iwae_samples
+            iwae = None
+            if k:
+                try:
+                    iwae = iwae_bound(model, method, data.test, k, run.eval.iwae_batch, seed=run.data.eval_seed,
+                                      progress=f"IWAE-{k}")
+                except NotImplementedError as err:
+                    iwae = err
+        except KeyboardInterrupt:
+            return fail("interrupted; nothing was written", 130)
         out = {"step": step, "tau": tau, "kind": method.metric_kind, "neg_elbo": res["neg_elbo"],
                "relaxed_objective": res["relaxed_objective"], "recon": res["recon"], "kl": res["kl"],
                "bits_per_dim": bits_per_dim(res["neg_elbo"])}
-        k = run.eval.iwae_samples
-        if k:
-            try:
-                out[f"iwae_{k}"] = iwae_bound(model, method, data.test, k, run.eval.iwae_batch,
-                                              seed=run.data.eval_seed)
-                out["iwae_bits_per_dim"] = bits_per_dim(out[f"iwae_{k}"])
-            except NotImplementedError as err:
-                out["iwae"] = str(err)
+        if isinstance(iwae, Exception):
+            out["iwae"] = str(iwae)
+        elif iwae is not None:
+            out[f"iwae_{k}"] = iwae
+            out["iwae_bits_per_dim"] = bits_per_dim(iwae)
         for key, v in out.items():
             print(f"{key:>20}: {v:.4f}" if isinstance(v, float) else f"{key:>20}: {v}")
         nan = [key for key, v in out.items() if isinstance(v, float) and not math.isfinite(v)]

@@ -474,10 +474,17 @@ def test_two_runs_in_one_folder_then_kill_9_leaves_no_stale_lock(relaxrun_exe, m
         while not (run_dir / CHECKPOINT).exists():  # the first run is training, holding the lock
             assert first.poll() is None and time.time() < deadline
             time.sleep(0.1)
+        before = {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+        log_before = (run_dir / "relaxrun.log").read_bytes()
         p = cli(relaxrun_exe, args, cwd=tmp_path)
         line = one_line_error(p, "relaxrun: error:")
         assert f"the run folder {run_dir} is in use by another relaxrun process (pid {first.pid})" in line
         assert first.poll() is None  # the first run goes on, untouched
+        # refused before Hydra starts: nothing of the second run is written into the first's folder
+        assert {p.relative_to(run_dir): p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before
+        assert not (run_dir / "error.txt").exists()
+        assert (run_dir / "relaxrun.log").read_bytes().startswith(log_before)
+        assert "in use by another" not in (run_dir / "relaxrun.log").read_text()
         step = load_checkpoint(run_dir / CHECKPOINT)["state"]["step"]
         time.sleep(0.5)
     finally:

@@ -116,6 +116,11 @@ def test_missing_data_offline_names_the_files(relaxrun_exe, tmp_path):
               "t10k-labels-idx1-ubyte", str(tmp_path / "empty" / "MNIST" / "raw")):
         assert f in lines[0]
     assert "Traceback" not in p.stdout + p.stderr
+    # the failed download leaves no empty dataset folders; the run folder keeps only the explanation
+    assert not (tmp_path / "empty").exists()
+    (run_dir,) = [d for d in (tmp_path / "outputs").glob("*/*") if d.is_dir()]
+    assert (run_dir / "error.txt").is_file() and not (run_dir / "tb").exists()
+    assert not (run_dir / "checkpoint.pt").exists()
 
 
 def test_help_lists_groups_and_cfg_prints_config(relaxrun_exe, tmp_path):

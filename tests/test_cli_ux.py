@@ -102,3 +102,37 @@ def test_saved_data_root_is_absolute_so_eval_works_from_anywhere(relaxrun_exe, m
     p = run([str(tmp_path / "run"), "eval.iwae_samples=0", "--no-write"], elsewhere, exe)
     assert p.returncode == 0, p.stderr
     assert list(elsewhere.iterdir()) == []  # nothing written where it was run from
+
+
+def test_an_older_runs_relative_data_root_resolves_against_where_it_started(tmp_path):
+    from omegaconf import OmegaConf
+
+    from relaxrun.evaluate import _saved_data_root
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {tmp_path / 'start'}\n")
+    cfg = OmegaConf.create({"data": {"root": "../shared/data", "download": True}})
+    _saved_data_root(cfg, run_dir)
+    assert cfg.data.root == str(tmp_path / "shared" / "data") and cfg.data.download is True
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    cfg = OmegaConf.create({"data": {"root": "data", "download": True}})
+    _saved_data_root(cfg, bare)  # start folder unknown: no download into today's folder
+    assert cfg.data.root == "data" and cfg.data.download is False
+    cfg = OmegaConf.create({"data": {"root": "/abs/data", "download": True}})
+    _saved_data_root(cfg, bare)
+    assert cfg.data.root == "/abs/data" and cfg.data.download is True
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_hydra_writes(relaxrun_exe, tmp_path, multirun):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    args = (["-m", "seed=1,2"] if multirun else []) + [f"{key}={blocker / 'x'}", *FAST]
+    p = run(args, tmp_path, relaxrun_exe)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line == f"relaxrun: error: cannot create the run folder {blocker / 'x'}: {blocker} is a file, not a folder"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a_file"]

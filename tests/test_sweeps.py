@@ -522,3 +522,56 @@ def test_report_aggregates_seeds_and_sorts(tmp_path):
     assert table[3][:5] == ["–", "hard_concrete", "1", "0/1 ok", "incomplete"]
     md = paths["summary.md"].read_text()
     assert "| `c` | failed | non-finite loss at step 3 |" in md and "| `d` | incomplete |" in md
+
+
+def test_a_joblib_worker_killed_stops_the_sweep_in_one_line_and_keeps_the_rest(relaxrun_exe, mnist_root, tmp_path):
+    """kill -9 of a joblib worker breaks joblib's pool: relaxrun says so in one line (no traceback),
+    the finished job and the summary of what is on disk survive, and rerunning with resume=true
+    completes the sweep."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"data.root={mnist_root}", "model.hidden=[16]",
+            "trainer.progress=false", "trainer.images=1", "eval.iwae_samples=0", "trainer.epochs=100000",
+            "trainer.max_steps=3,2000", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", RELAXRUN_SWEEP_POLL_SECONDS="0.5")
+    env.pop("RELAXRUN_DATA_ROOT", None)
+    proc = subprocess.Popen([relaxrun_exe, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    short, long = sweep / "trainer.max_steps=3", sweep / "trainer.max_steps=2000"
+    deadline = time.monotonic() + 180
+    while not ((short / "metrics.json").is_file() and (long / "checkpoint.pt").is_file()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_loky_worker_of(int(pid), proc.pid)]
+    assert workers, "no joblib worker found"
+    os.kill(int(workers[0]), signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1
+    assert "Traceback" not in err and "relaxrun: error: the sweep stopped: TerminatedWorkerError" in err, err
+    assert "the sweep stopped before its end; the results on disk are kept (1 of 2 jobs finished)" in out, out
+    rows = {r["run"]: r["status"] for r in read_csv(sweep / "summary.csv")}
+    assert rows == {"trainer.max_steps=3": "ok", "trainer.max_steps=2000": "incomplete"}
+    ck_step = torch_load_step(long / "checkpoint.pt")
+
+    p = subprocess.run([relaxrun_exe, *args, "resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = {r["run"]: r["status"] for r in read_csv(sweep / "summary.csv")}
+    assert rows == {"trainer.max_steps=3": "ok", "trainer.max_steps=2000": "ok"}
+    assert json.loads((long / "metrics.json").read_text())["steps"] == 2000 and ck_step < 2000
+    assert json.loads((short / "metrics.json").read_text())["steps"] == 3
+    assert "resuming from" in (long / "relaxrun.log").read_text()  # from its checkpoint, not from scratch
+
+
+def torch_load_step(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, weights_only=True)["state"]["step"])
+
+
+def _is_loky_worker_of(pid: int, root: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return b"popen_loky" in cmd and int(stat[1]) == root
