@@ -86,7 +86,7 @@ from relaxrun.methods.base import _no_phase  # noqa: E402
 from relaxrun.models import build_model  # noqa: E402
 from relaxrun.train import Interrupted, StepLog, build, build_optimizer, pick_device, train  # noqa: E402
 
-SECTIONS = ("throughput", "against", "cli", "breakdown", "methods", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile")
+SECTIONS = ("throughput", "against", "cli", "breakdown", "methods", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile", "iwae")
 
 CONFIGS = {
     "default": {
@@ -107,6 +107,7 @@ TARGETS = {
     "kernel_vs_gs": 3.0,  # any method's kernel at most this many times Gumbel-Softmax's
     "sweep_speedup": 1.7,  # joblib n_jobs=2 vs sequential
     "help_s": 1.5,  # relaxrun --help, whole process, seconds
+    "iwae_gemm_share": 0.70,  # the IWAE bound's decoder work as a share of the float32 GEMM rate
 }
 
 log = logging.getLogger("benchmark")
@@ -1097,6 +1098,128 @@ def bench_rss(ctx: Context) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------
+# 6. the end-of-run IWAE-K bound against the machine's GEMM rate
+# ------------------------------------------------------------------------------------------------
+
+def decoder_flops_per_sample(model: torch.nn.Module) -> int:
+    """Multiply-add work of one decoder pass for one latent draw, in FLOPs (2 per multiply-add)."""
+    return sum(2 * m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
+
+
+@torch.no_grad()
+def iwae_reference(model, method, x: torch.Tensor, k: int, batch_size: int, seed: int, chunk: int = 100) -> float:
+    """The IWAE bound as relaxrun computed it before its evaluation path was batched for the GEMM rate
+    (revision 7a13899, categorical family): the same draws, in the same order, each chunk of ``chunk``
+    samples decoded in one call, ``binary_cross_entropy_with_logits`` on the whole chunk, one-hots by
+    ``gumbel_max_one_hot``. Kept here so that the speed-up and the equality of the values are measured
+    side by side."""
+    from relaxrun.distributions.gumbel import gumbel_max_one_hot
+    from relaxrun.evaluate import log_mean_exp
+    from relaxrun.methods.base import bernoulli_nll
+    from relaxrun.runtime import seeded
+
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    with seeded(seed, x.device):
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            logits = method.split(model.encoder(xb))
+            parts = []
+            for j in range(0, k, chunk):
+                c = gumbel_max_one_hot(logits, (min(chunk, k - j),))
+                log_px = -bernoulli_nll(model.decode(c.flatten(-2)), xb)
+                log_q = (c * torch.log_softmax(logits, -1)).sum((-1, -2))
+                parts.append(log_px - method.cfg.latent_dim * math.log(method.cfg.categories) - log_q)
+            total += -log_mean_exp(torch.cat(parts, 0).to(torch.float64), 0).sum()
+    return float(total / x.shape[0])
+
+
+def iwae_profile(fn: Callable[[], object]) -> list[dict]:
+    """Self CPU (or CUDA) time by operator of one call of ``fn`` (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        fn()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", 0) if torch.cuda.is_available() else e.self_cpu_time_total
+        if t > 0:
+            rows.append({"op": e.key, "self_us": float(t), "calls": e.count})
+    total = sum(r["self_us"] for r in rows) or 1.0
+    for r in rows:
+        r["share"] = r["self_us"] / total
+    return sorted(rows, key=lambda r: -r["self_us"])
+
+
+def bench_iwae(ctx: Context) -> dict:
+    """The end-of-run IWAE-K bound of the default config (relaxrun.evaluate.iwae_bound, K and the image
+    batch from the config, the data's eval seed) on the first ``--iwae-images`` test images, beside the
+    float32 GEMM rate of this device (an n x n x n torch.mm at the same threads) and the previous
+    implementation (:func:`iwae_reference`), interleaved. The decoder's matrix products are counted
+    exactly (2 FLOPs per multiply-add per layer per draw) and the time extrapolated linearly to the
+    whole test set (the bound's work is the same for every image)."""
+    from relaxrun.evaluate import iwae_bound
+
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="relaxrun.configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=ctx.base_overrides(iwae=True) + CONFIGS["default"]["overrides"]
+                      + (["eval.iwae_samples=50"] if ctx.args.smoke else []))
+    run, mcfg = validate(cfg)
+    data = load_data(run.data, ctx.device)
+    torch.manual_seed(run.seed)
+    method = build_method(mcfg, run.trainer).to(ctx.device)
+    model = build_model(run.model, method.param_dim, method.latent_dim).to(ctx.device)
+    k, batch, seed = run.eval.iwae_samples, run.eval.iwae_batch, run.data.eval_seed
+    n_test = data.test.shape[0]
+    n = min(ctx.args.iwae_images, n_test)
+    x = data.test[:n]
+    per_sample = decoder_flops_per_sample(model)
+    flops = n * k * per_sample
+    with num_threads(ctx.args.threads or None):
+        gemm = gemm_peak(ctx, 256 if ctx.args.smoke else ctx.args.gemm_n)
+    values: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], float]) -> Callable[[], dict]:
+        def run_once() -> dict:
+            sync(ctx.device)
+            t0 = time.perf_counter()
+            values[name] = fn()
+            sync(ctx.device)
+            dt = time.perf_counter() - t0
+            return {"s": dt, "gflops": flops / dt / 1e9}
+        return run_once
+
+    fns = {"relaxrun": timed("relaxrun", lambda: iwae_bound(model, method, x, k, batch, seed=seed))}
+    if hasattr(method, "split"):  # the reference is the categorical family's former code path
+        fns["previous"] = timed("previous", lambda: iwae_reference(model, method, x, k, batch, seed))
+    with num_threads(ctx.args.threads or None):
+        figs = measure(fns, ctx.args.repeats, ctx.args.warmup)
+    rate = gemm["gflops"]["median"]
+    out = {"k": k, "batch": batch, "images": n, "test_images": n_test, "method": mcfg.name,
+           "decoder": [m.in_features for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] + [784],
+           "flops_per_sample": per_sample, "flops_timed": flops, "flops_full": n_test * k * per_sample,
+           "gemm": gemm, "variants": {}, "values": values,
+           "threads": ctx.args.threads or torch.get_num_threads(), "device": str(ctx.device)}
+    for name in fns:
+        s, g = figs[f"{name}/s"], figs[f"{name}/gflops"]
+        out["variants"][name] = {"s": s, "gflops": g, "share_of_gemm": g["median"] / rate,
+                                 "share_range": [g["min"] / rate, g["max"] / rate],
+                                 "full_s": s["median"] * n_test / n}
+    if "previous" in out["variants"]:
+        out["speedup"] = out["variants"]["previous"]["s"]["median"] / out["variants"]["relaxrun"]["s"]["median"]
+        out["value_difference"] = abs(values["relaxrun"] - values["previous"])
+    small = x[:min(n, batch)]
+    with num_threads(ctx.args.threads or None):
+        prof = iwae_profile(lambda: iwae_bound(model, method, small, k, batch, seed=seed))
+    gemm_ops = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul")
+    out["profile"] = {"images": small.shape[0], "gemm_share": sum(r["share"] for r in prof if r["op"] in gemm_ops),
+                      "top": prof[:10]}
+    return out
+
+
 def bench_compile(ctx: Context) -> dict:
     """relaxrun with trainer.compile=true vs false, each one process with a cold inductor cache."""
     epochs = ctx.args.compile_epochs
@@ -1273,6 +1396,93 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**not met**")
 
 
+IWAE_HEADING = "## 6. The end-of-run IWAE bound"
+PEERS_HEADING = "## 7. Side by side with relaxit and Pyro"
+GPU_HEADING = "## 8. GPU"
+#: the sections ``--merge`` replaces in an existing report, by heading (the rest of that report is kept)
+MERGE_HEADINGS = {"iwae": IWAE_HEADING, "peers": PEERS_HEADING, "gpu": GPU_HEADING}
+
+
+def gflops(x: float) -> str:
+    return f"{x / 1e9:.0f} GFLOP" if x < 1e12 else f"{x / 1e12:.2f} TFLOP"
+
+
+def render_iwae(res: dict, targets: list[list[str]]) -> list[str]:
+    iw = res.get("iwae")
+    if not iw:
+        return []
+    a, L = res["args"], [IWAE_HEADING, ""]
+    dec = "-".join(str(d) for d in iw["decoder"])
+    rate = iw["gemm"]["gflops"]["median"]
+    L += [f"`relaxrun.evaluate.iwae_bound`, IWAE-{iw['k']} of the default config ({iw['method']}, decoder MLP {dec}, "
+          f"image batch {iw['batch']}, untrained weights: the work does not depend on them) on the first "
+          f"{iw['images']} of the {iw['test_images']} test images, timed whole (encoder, sampling, decoder, "
+          f"log-weights, log-mean-exp) on {iw['device']} at {iw['threads']} threads; the time for the whole test set "
+          "is the median extrapolated linearly (every image costs the same). *previous* is the implementation "
+          "before this section's changes (`iwae_reference` in this script: the same draws in the same order), "
+          "interleaved with the current one.", ""]
+    L += [f"**Decoder work**: {iw['flops_per_sample'] / 1e6:.3f} MFLOP per latent draw (2 per multiply-add over the "
+          f"layers {dec}), so IWAE-{iw['k']} on {iw['test_images']} images is **{gflops(iw['flops_full'])}** "
+          f"({gflops(iw['flops_timed'])} in each timed run). **GEMM rate**: {rate:.0f} GFLOP/s "
+          f"(float32 {iw['gemm']['n']}³ torch.mm, median; min {iw['gemm']['gflops']['min']:.0f}, max "
+          f"{iw['gemm']['gflops']['max']:.0f}).", ""]
+    rows = []
+    for name, v in iw["variants"].items():
+        rows.append([name] + fig_cells(v["s"]) + [f"{v['full_s']:.0f}", f"{v['gflops']['median']:.0f}",
+                     f"{100 * v['share_of_gemm']:.0f} % ({100 * v['share_range'][0]:.0f} – "
+                     f"{100 * v['share_range'][1]:.0f} %)", num(iw["values"].get(name))])
+    L += table(["implementation", f"s for {iw['images']} images median", "min", "max", "n", "load", "other cores",
+                f"s for {iw['test_images']} images (extrapolated)", "decoder GFLOP/s", "of the GEMM rate (range)",
+                f"-IWAE-{iw['k']} (nats)"], rows)
+    if "speedup" in iw:
+        L += [f"The current implementation takes 1/{iw['speedup']:.2f} of the previous one's time; the two bounds "
+              f"differ by {iw['value_difference']:.2g} nats (the same draws; float32 rounding).", ""]
+    pr = iw.get("profile")
+    if pr:
+        top = ", ".join(f"`{r['op']}` {100 * r['share']:.0f} %" for r in pr["top"][:8])
+        L += [f"*Where the time goes* (torch.profiler, self time by operator, one batch of {pr['images']} images): "
+              f"matrix products {100 * pr['gemm_share']:.0f} %; {top}.", ""]
+    cur = iw["variants"]["relaxrun"]
+    ok = None if a["smoke"] else cur["share_of_gemm"] >= TARGETS["iwae_gemm_share"]
+    targets.append([f"IWAE-{iw['k']} decoder work ≥ {100 * TARGETS['iwae_gemm_share']:.0f} % of the float32 GEMM rate "
+                    f"({gflops(iw['flops_full'])} on {iw['test_images']} images)",
+                    f"{100 * cur['share_of_gemm']:.0f} % ({cur['gflops']['median']:.0f} of {rate:.0f} GFLOP/s; "
+                    f"{cur['full_s']:.0f} s for the test set)", verdict(ok)])
+    return L
+
+
+def render_peers(res: dict, targets: list[list[str]]) -> list[str]:
+    pe = res.get("peers")
+    if not pe:
+        return []
+    return render_peer_section(res, pe, targets)  # noqa: F821 - defined with the peers section
+
+
+GPU_FIGURES = REPO / "benchmarks" / "gpu.json"
+
+
+def render_gpu(res: dict) -> list[str]:
+    """The GPU figures ``scripts/device_check.sh`` wrote to benchmarks/gpu.json, or that there are none yet."""
+    L = [GPU_HEADING, ""]
+    g = res.get("gpu_figures")
+    if not g:
+        L += ["**Not measured on a GPU yet.** `scripts/device_check.sh` (on a machine with CUDA, under 8 minutes) "
+              "runs the test suite on CUDA, times a default epoch and the end-of-run IWAE-1000 with `device=cuda`, "
+              "and the kernel and IWAE sections of this script on the GPU; it writes `benchmarks/gpu.json`, "
+              "which this section renders. Every figure above is from the CPU.", ""]
+        return L
+    L += [f"Measured by `scripts/device_check.sh` on {g.get('gpu', '?')} ({g.get('when', '?')}, commit "
+          f"`{g.get('commit', '?')}`, torch {g.get('torch', '?')}, CUDA {g.get('cuda', '?')}).", ""]
+    rows = []
+    for item in g.get("figures", []):
+        rows.append([item["what"], item["value"], item.get("command", "")])
+    if rows:
+        L += table(["figure", "value", "command"], rows)
+    for name, text in (g.get("sections") or {}).items():
+        L += [f"**{name}** (`{g.get('benchmark_command', 'scripts/benchmark.py --device cuda')}`):", "", text.strip(), ""]
+    return L
+
+
 def render(res: dict) -> str:
     a = res["args"]
     m = res["machine"]
@@ -1282,7 +1492,7 @@ def render(res: dict) -> str:
     worst = res.get("max_other_cores")
     full = {"repeats": 5, "warmup": 1, "steps": 0, "breakdown_steps": 300, "kernel_calls": 200, "method_steps": 40, "sweep_steps": 300,
             "rss_steps": 200, "threads_steps": 200, "optimizer_steps": 100, "denormal_warmup": 900,
-            "compile_epochs": 6, "threads": 0}
+            "compile_epochs": 6, "threads": 0, "iwae_images": 500}
     reduced = [f"--{k.replace('_', '-')} {a[k]}" for k, v in full.items() if k in a and a[k] != v]
     load_line = (f"load average up to {res['max_load']:.2f} on {m['usable_cores']} cores; other processes kept up "
                  f"to {worst:.2f} cores busy during a figure" if worst is not None else
@@ -1587,6 +1797,10 @@ def render(res: dict) -> str:
         L += table(["config", "peak RSS MiB median", "min", "max", "n", "load", "other cores"],
                    [[r["label"]] + fig_cells(r["maxrss_mib"]) for r in rs["runs"].values()])
 
+    L += render_iwae(res, targets)
+    L += render_peers(res, targets)
+    L += render_gpu(res)
+
     L += ["## Targets", ""]
     L += table(["target", "reached", "status"], targets or [["(no section run)", "-", "n/a"]])
 
@@ -1710,6 +1924,9 @@ def parse_args(argv=None):
                    help="training steps before the denormals figure (900 = 1.5 epochs)")
     p.add_argument("--optimizer-steps", type=int, default=None, help="optimizer steps per repeat (100)")
     p.add_argument("--compile-epochs", type=int, default=None, help="epochs of each compile/eager run (6; 0 = skip)")
+    p.add_argument("--iwae-images", type=int, default=None,
+                   help="test images of each IWAE-K timing, extrapolated to the test set (500; smoke 10)")
+    p.add_argument("--gemm-n", type=int, default=1024, help="size of the n x n x n float32 torch.mm of the GEMM rate")
     p.add_argument("--threads", type=int, default=0, help="torch threads for everything (0 = torch's default)")
     p.add_argument("--against", default=None, metavar="REV",
                    help="also time the default epoch of git revision REV beside this tree (section 1b)")
@@ -1720,7 +1937,8 @@ def parse_args(argv=None):
     smoke = args.smoke
     defaults = {"repeats": (5, 1), "warmup": (1, 0), "steps": (0, 0), "breakdown_steps": (300, 5),
                 "kernel_calls": (200, 3), "method_steps": (40, 2), "sweep_steps": (300, 2), "sweep_warmup": (0, 0), "rss_steps": (200, 2),
-                "threads_steps": (200, 2), "optimizer_steps": (100, 3), "denormal_warmup": (900, 3), "compile_epochs": (6, 0)}
+                "threads_steps": (200, 2), "optimizer_steps": (100, 3), "denormal_warmup": (900, 3), "compile_epochs": (6, 0),
+                "iwae_images": (500, 10)}
     for k, (full, small) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, small if smoke else full)
@@ -1787,6 +2005,9 @@ def main(argv=None) -> int:
             "generated_data": generated, "n_train": ctx.n_train,
             "data_root_shown": "generated IDX files" if generated else args.data_root, "notes": ctx.notes,
         }
+        if GPU_FIGURES.exists():  # written by scripts/device_check.sh on a machine with CUDA
+            with contextlib.suppress(OSError, ValueError):
+                res["gpu_figures"] = json.loads(GPU_FIGURES.read_text())
         all_probe = Probe()
         for section in SECTIONS:
             if section not in args.sections or (section == "compile" and not args.compile_epochs) \
@@ -1819,6 +2040,8 @@ def main(argv=None) -> int:
                     res[section] = bench_denormals(ctx)
                 elif section == "compile":
                     res[section] = bench_compile(ctx)
+                elif section == "iwae":
+                    res[section] = bench_iwae(ctx)
             except Interrupted:  # Ctrl-C / SIGTERM inside relaxrun's train(): stop, do not go on
                 raise
             except Exception as err:  # report, keep the other sections

@@ -121,3 +121,69 @@ def test_relaxrun_eval_updates_metrics_and_tensorboard(relaxrun_exe, mnist_root,
     assert {"eval/neg_elbo", "eval/iwae_50", "grad/variance", "grad/snr"} <= set(tags)
     bad = subprocess.run([exe, str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("relaxrun-eval: error:") and "Traceback" not in bad.stderr
+
+
+def reference_iwae(model, method, x, k, batch_size, seed, chunk=100):
+    """iwae_bound's loop with autograd recording, so every method takes its plain path: hard_sample
+    (argmax one-hots) and bernoulli_nll of one decoder call per chunk, as before the evaluation path
+    was batched for speed."""
+    from relaxrun.runtime import seeded
+
+    total = 0.0
+    with seeded(seed, x.device), torch.enable_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            params = model.encoder(xb)
+            parts = [method.iwae_log_weights(params, model.decode, xb, method.tau, min(chunk, k - j)).detach()
+                     for j in range(0, k, chunk)]
+            total += float(-log_mean_exp(torch.cat(parts, 0).double(), 0).sum())
+    return total / x.shape[0]
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "categorical"])
+def test_iwae_fast_path_gives_the_same_number_as_the_plain_path(kind):
+    model, x, _, _ = tiny_vae(kind)
+    x = x.repeat(40, 1)  # 240 images: several image batches and sample chunks
+    for k, batch, chunk in ((300, 100, 100), (7, 64, 3)):
+        fast = iwae_bound(model, model.method, x, k, batch_size=batch, seed=3, chunk=chunk)
+        plain = reference_iwae(model, model.method, x, k, batch, seed=3, chunk=chunk)
+        assert fast == pytest.approx(plain, rel=1e-6, abs=1e-5)
+    other = iwae_bound(model, model.method, x, 300, batch_size=100, seed=4)
+    assert abs(other - fast) > 1e-4  # the comparison above can tell two different draws apart
+
+
+def test_decoded_log_likelihood_matches_bernoulli_nll_at_extreme_logits():
+    from relaxrun.methods.base import decoded_log_likelihood
+
+    torch.manual_seed(0)
+    z = torch.randn(9, 5, 3)
+    w = torch.tensor([1.0, 30.0, 300.0, 3000.0]).repeat_interleave(4)[:13] * torch.randn(3, 13)
+    x = torch.cat([torch.bernoulli(torch.full((5, 7), 0.5)), torch.rand(5, 6)], 1)  # binary and grey pixels
+    decode = lambda v: v @ w  # noqa: E731 - logits up to a few thousand in magnitude
+    want = -bernoulli_nll(decode(z), x)
+    for rows in (1, 10, 1000):  # one draw per block, a few, all at once
+        with torch.no_grad():
+            got = decoded_log_likelihood(decode, z, x, rows=rows)
+        assert got.shape == (9, 5) and torch.isfinite(got).all()
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-4)
+    identity = z[..., :1].expand(9, 5, 13).contiguous()  # an identity decoder returns its input: left intact
+    before = identity.clone()
+    with torch.no_grad():
+        decoded_log_likelihood(lambda v: v, identity, x)
+    assert torch.equal(identity, before)
+
+
+def test_fast_gumbel_max_draws_what_gumbel_max_one_hot_draws_ties_included(monkeypatch):
+    import relaxrun.methods.families as families
+    from relaxrun.distributions.gumbel import gumbel_max_one_hot
+
+    logits = torch.randn(50, 20, 10)
+    torch.manual_seed(7)
+    want = gumbel_max_one_hot(logits, (30,))
+    torch.manual_seed(7)
+    assert torch.equal(families._gumbel_max_one_hot_cpu(logits, (30,)), want)
+    # ties: with no noise and equal logits every key in a row ties; argmax takes the first
+    monkeypatch.setattr(families, "sample_gumbel", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype))
+    flat = torch.zeros(4, 3, 5)
+    hot = families._gumbel_max_one_hot_cpu(flat, (2,))
+    assert torch.equal(hot, torch.nn.functional.one_hot(torch.zeros(2, 4, 3, dtype=torch.long), 5).float())
