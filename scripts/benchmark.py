@@ -86,7 +86,7 @@ from relaxrun.methods.base import _no_phase  # noqa: E402
 from relaxrun.models import build_model  # noqa: E402
 from relaxrun.train import Interrupted, StepLog, build, build_optimizer, pick_device, train  # noqa: E402
 
-SECTIONS = ("throughput", "against", "cli", "breakdown", "methods", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile", "iwae")
+SECTIONS = ("throughput", "against", "cli", "breakdown", "methods", "kernels", "sweep", "rss", "threads", "optimizer", "denormals", "compile", "iwae", "peers", "gpu")
 
 CONFIGS = {
     "default": {
@@ -1220,6 +1220,126 @@ def bench_iwae(ctx: Context) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------
+# 7. side by side with relaxit and Pyro, installed into an environment of their own
+# ------------------------------------------------------------------------------------------------
+
+PEER_PACKAGES = ["relaxit==1.2.1", "pyro-ppl"]
+#: relaxit's and pyro-ppl's own dependencies that torch does not bring (torch, numpy and tqdm are shared)
+PEER_EXTRA = ["pyro-api", "opt-einsum"]
+
+
+def peer_env_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__.split('+')[0]}"
+    return Path(base) / "relaxrun-benchmark" / f"peers-relaxit-1.2.1-{tag}"
+
+
+def make_peer_env(log_path: Path) -> tuple[Path | None, str]:
+    """A virtual environment of its own (under the user's cache folder, reused once it works) holding
+    relaxit==1.2.1 and pyro-ppl, never a dependency of relaxrun. Torch itself is shared: a ``.pth`` file
+    appends this interpreter's site-packages to the new environment's path (after its own, so its own
+    relaxit / pyro win), which spares a second 2 GB torch download; relaxit, pyro-ppl and their small
+    dependencies are pip-installed into the new environment (``--ignore-installed --no-deps``, so pip
+    puts them there even though this environment may hold a pyro-ppl of its own). Returns (its python,
+    how it went) or (None, why not)."""
+    import site
+    import venv
+
+    env = peer_env_dir()
+    py = env / "bin" / "python"
+    ok = env / ".relaxrun-peers-ok"
+    if ok.exists() and py.exists():
+        return py, f"reused {env}"
+    shutil.rmtree(env, ignore_errors=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(env)
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    ours = [p for p in site.getsitepackages() if "site-packages" in p]
+    Path(purelib, "zz_shared_torch.pth").write_text("\n".join(ours) + "\n")
+    steps = [[str(py), "-m", "pip", "download", "--no-deps", "-d", str(env / "wheels"), *PEER_PACKAGES],
+             [str(py), "-m", "pip", "install", "--ignore-installed", "--no-deps", *PEER_PACKAGES, *PEER_EXTRA],
+             [str(py), "-c", "import relaxit, pyro, relaxit.distributions; print(relaxit.__version__, pyro.__version__)"]]
+    with open(log_path, "a") as logf:
+        for cmd in steps:
+            logf.write("$ " + " ".join(cmd) + "\n")
+            logf.flush()
+            p = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=900)
+            if p.returncode != 0:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                return None, f"`{' '.join(cmd[2:5])} ...` failed (exit {p.returncode}): " + " | ".join(tail)
+    ok.write_text("ok\n")
+    return py, f"created {env}"
+
+
+def bench_peers(ctx: Context) -> dict:
+    """relaxit 1.2.1 / Pyro / torch.distributions beside relaxrun: the kernels of every law they share
+    (scripts/peer_kernels.py, in the peer environment, all libraries in one process, interleaved),
+    and a whole-process 2-epoch run of relaxrun against a demo-style VAE script using relaxit
+    (scripts/peer_demo_vae.py): wall time and peak RSS, interleaved."""
+    log_path = ctx.tmp / "peers-env.log"
+    out: dict = {"packages": PEER_PACKAGES, "env": str(peer_env_dir())}
+    try:
+        py, how = make_peer_env(log_path)
+    except (OSError, subprocess.SubprocessError) as err:
+        py, how = None, f"{type(err).__name__}: {err}"
+    out["install"] = how
+    if py is None:
+        out["error"] = f"relaxit could not be installed: {how}"
+        return out
+    info = subprocess.run([str(py), "-m", "pip", "list", "--format=json"], capture_output=True, text=True)
+    with contextlib.suppress(ValueError):
+        out["versions"] = {d["name"]: d["version"] for d in json.loads(info.stdout)
+                           if d["name"].lower() in ("relaxit", "pyro-ppl", "torch", "torchvision")}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # kernels
+    kjson = ctx.tmp / "peer-kernels.json"
+    calls = 3 if ctx.args.smoke else ctx.args.kernel_calls // 2
+    cmd = [str(py), str(REPO / "scripts" / "peer_kernels.py"), str(kjson), "--repeats", str(ctx.args.repeats),
+           "--warmup", str(ctx.args.warmup), "--calls", str(calls), "--threads", str(ctx.args.threads)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ctx.tmp)
+    if p.returncode != 0:
+        out["kernels_error"] = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["?"]
+    else:
+        out["kernels"] = json.loads(kjson.read_text())
+    # whole process, 2 epochs
+    epochs = ctx.args.peer_epochs
+    ov = ["method=straight_through", "method.latent_dim=20", "model.hidden=[400]", "trainer.batch_size=128"]
+    rr_args = [o for o in ctx.base_overrides() if not o.startswith("trainer.epochs=")] + ov + [f"trainer.epochs={epochs}"]
+    demo_args = [ctx.data_root, "--epochs", str(epochs), "--batch-size", "128"]
+    if ctx.args.threads:
+        demo_args += ["--threads", str(ctx.args.threads)]
+    if ctx.args.smoke:
+        rr_args.append("trainer.max_steps=3")
+    runs = {"relaxrun": ctx.exe + rr_args, "relaxit demo-style script": [str(py), str(REPO / "scripts" / "peer_demo_vae.py"),
+                                                                        *demo_args]}
+    def shown(a: str) -> str:
+        return a.replace(ctx.data_root, ctx.data_root_shown)
+
+    out["commands"] = {"relaxrun": "relaxrun " + " ".join(shlex.quote(shown(a)) for a in rr_args),
+                       "relaxit demo-style script": "<peer venv>/bin/python scripts/peer_demo_vae.py "
+                       + " ".join(shlex.quote(shown(a)) for a in demo_args)}
+    if ctx.args.smoke:  # a demo run is two whole epochs: not in a smoke run
+        runs.pop("relaxit demo-style script")
+
+    def fn(name):
+        def run():
+            d = ctx.tmpdir("peer-run-")
+            logp = d / "log.txt"
+            cmd = runs[name] + ([f"hydra.run.dir={d / 'run'}"] if name == "relaxrun" else [])
+            res = run_child(cmd, logp, env=env if name != "relaxrun" else None, cwd=d)
+            if res["rc"] != 0:
+                raise RuntimeError(f"{name} failed: {child_failed(res, logp)}")
+            shutil.rmtree(d, ignore_errors=True)
+            return {"wall_s": res["wall_s"], "maxrss_mib": res["maxrss_mib"]}
+        return run
+
+    figs = measure({name: fn(name) for name in runs}, ctx.args.repeats, 0 if ctx.args.smoke else ctx.args.warmup)
+    out["process"] = {"epochs": epochs, "runs": {name: {"wall_s": figs[f"{name}/wall_s"],
+                                                        "maxrss_mib": figs[f"{name}/maxrss_mib"]} for name in runs}}
+    return out
+
+
 def bench_compile(ctx: Context) -> dict:
     """relaxrun with trainer.compile=true vs false, each one process with a cold inductor cache."""
     epochs = ctx.args.compile_epochs
@@ -1451,11 +1571,69 @@ def render_iwae(res: dict, targets: list[list[str]]) -> list[str]:
     return L
 
 
+def render_peer_section(res: dict, pe: dict, targets: list[list[str]]) -> list[str]:
+    L = [PEERS_HEADING, ""]
+    vers = pe.get("versions") or {}
+    L += [f"relaxit and pyro-ppl are installed by this section into a virtual environment of their own "
+          f"(`{pe['env'].replace(os.path.expanduser('~'), '~')}`: `pip install {' '.join(pe['packages'])}`, torch "
+          "shared with this environment through a `.pth` file; never a dependency of relaxrun). Install: "
+          f"{pe.get('install', '?')}." + (" Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items())) + "."
+                                          if vers else ""), ""]
+    if pe.get("error"):
+        return L + [f"**Not measured**: {pe['error']}", ""]
+    kr = pe.get("kernels")
+    if kr:
+        L += [f"**Kernels** (`scripts/peer_kernels.py`, run by the peer environment's Python, all libraries in "
+              f"one process, interleaved; {kr['calls']} calls per repeat at {kr['threads']} threads). One call: "
+              "build the distribution from parameters that require grad, `rsample()`, `log_prob` of the sample, "
+              "backward of `(z * w).sum() + log_prob.sum()`; `validate_args=False` everywhere; 100 x 200 units, "
+              "or 100 x 20 variables of 10 categories for the simplex laws, tau = 0.5. How each class was called "
+              "is in the last column.", ""]
+        rows = []
+        for law, e in kr["laws"].items():
+            for lib, v in e["libraries"].items():
+                if "ms" in v:
+                    ratio = v.get("vs_relaxrun")
+                    rows.append([law, lib] + fig_cells(v["ms"]) + [f"{ratio:.2f}x" if ratio else "-", f"`{v['call']}`"])
+                else:
+                    rows.append([law, lib, "fails: " + v.get("error", "?"), "", "", "", "", "", "-", f"`{v['call']}`"])
+                law = ""
+        L += table(["law", "library", "ms/call median", "min", "max", "n", "load", "other cores",
+                    "time vs relaxrun", "call"], rows)
+        L += ["Not like for like in two rows: relaxrun's Gumbel top-k has no density for its relaxed k-hot (its "
+              "`log_prob` raises), so its call scores the ordered hard draw with the exact Plackett-Luce "
+              "`log_prob_hard`, while relaxit's `log_prob` is `-binary_cross_entropy(probs, value)`, not a density of "
+              "its sample; relaxit's HardConcrete draws `u` of shape `sample_shape + [1]` and broadcasts it with "
+              "alpha, so `rsample()` alone would share one uniform across all units: the call passes alpha as "
+              "`[B, D, 1]` and `sample_shape=(B, D)` to get one draw per unit. relaxit's LogisticNormalSoftmax is a "
+              "TransformedDistribution through torch's SoftmaxTransform, which has no log-Jacobian, so its "
+              "`log_prob` raises; the row after it times `rsample` + backward alone for both.", ""]
+    elif pe.get("kernels_error"):
+        L += [f"**Kernels**: the peer kernel script failed: {' '.join(pe['kernels_error'])}", ""]
+    pr = pe.get("process")
+    if pr:
+        L += [f"**Whole process**, {pr['epochs']} epochs with test evaluation, 784-400-20 straight-through "
+              "Bernoulli, batch 128, wall time from start to exit and peak RSS (os.wait4 of the child), interleaved:", ""]
+        for name, c in pe.get("commands", {}).items():
+            L += [f"    {name}: {c}"]
+        L += [""]
+        rows = [[name] + fig_cells(v["wall_s"]) + [num(v["maxrss_mib"]["median"]), num(v["maxrss_mib"]["min"]),
+                                                   num(v["maxrss_mib"]["max"])] for name, v in pr["runs"].items()]
+        L += table(["program", "wall s median", "min", "max", "n", "load", "other cores", "peak RSS MiB median",
+                    "min", "max"], rows)
+        r, d = pr["runs"].get("relaxrun"), pr["runs"].get("relaxit demo-style script")
+        if r and d:
+            L += [f"relaxrun takes {r['wall_s']['median'] / d['wall_s']['median']:.2f}x the demo script's wall time "
+                  f"({d['wall_s']['median'] / r['wall_s']['median']:.2f}x as fast) and "
+                  f"{r['maxrss_mib']['median'] / d['maxrss_mib']['median']:.2f}x its peak memory.", ""]
+    return L
+
+
 def render_peers(res: dict, targets: list[list[str]]) -> list[str]:
     pe = res.get("peers")
     if not pe:
         return []
-    return render_peer_section(res, pe, targets)  # noqa: F821 - defined with the peers section
+    return render_peer_section(res, pe, targets)
 
 
 GPU_FIGURES = REPO / "benchmarks" / "gpu.json"
@@ -1909,7 +2087,7 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="also write every figure as JSON here")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (default 5; smoke 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs per figure (default 1; smoke 0)")
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--sections", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--steps", type=int, default=None,
                    help="throughput: time this many steps and extrapolate to an epoch (default 0 = whole epochs)")
     p.add_argument("--breakdown-steps", type=int, default=None, help="steps per repeat in the breakdown (300)")
@@ -1926,6 +2104,10 @@ def parse_args(argv=None):
     p.add_argument("--compile-epochs", type=int, default=None, help="epochs of each compile/eager run (6; 0 = skip)")
     p.add_argument("--iwae-images", type=int, default=None,
                    help="test images of each IWAE-K timing, extrapolated to the test set (500; smoke 10)")
+    p.add_argument("--merge", default=None, metavar="REPORT",
+                   help="replace only this run's iwae / peers / gpu sections (and their Targets rows) in REPORT, "
+                        "keep the rest, and write the result to --out")
+    p.add_argument("--peer-epochs", type=int, default=2, help="epochs of the whole-process runs of the peers section")
     p.add_argument("--gemm-n", type=int, default=1024, help="size of the n x n x n float32 torch.mm of the GEMM rate")
     p.add_argument("--threads", type=int, default=0, help="torch threads for everything (0 = torch's default)")
     p.add_argument("--against", default=None, metavar="REV",
@@ -1944,7 +2126,12 @@ def parse_args(argv=None):
             setattr(args, k, small if smoke else full)
     if smoke and not args.threads:
         args.threads = 1  # a busy CI machine stalls multi-threaded OpenMP steps; 1 thread keeps the smoke short
+    explicit = args.sections is not None
+    if args.sections is None:
+        args.sections = ",".join(SECTIONS)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if smoke and not explicit:  # the peers section creates an environment and downloads packages
+        args.sections = [s for s in args.sections if s != "peers"]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
@@ -1955,7 +2142,48 @@ def parse_args(argv=None):
     return args
 
 
-PATH_OPTIONS = ("--data-root", "--out", "--json")
+PATH_OPTIONS = ("--data-root", "--out", "--json", "--merge")
+
+
+def _blocks(text: str) -> list[tuple[str, list[str]]]:
+    """The report cut at its ``## `` headings: (heading line, its lines up to the next heading)."""
+    out: list[tuple[str, list[str]]] = [("", [])]
+    for line in text.splitlines():
+        if line.startswith("## "):
+            out.append((line, [line]))
+        else:
+            out[-1][1].append(line)
+    return out
+
+
+def merge_report(old: str, new: str, headings: list[str], stamp: str, target_prefixes: tuple[str, ...]) -> str:
+    """``old`` with the sections under ``headings`` (and the Targets rows starting with ``target_prefixes``)
+    replaced by those of ``new``; a section ``old`` lacks goes before its Targets. Each merged section
+    gets ``stamp``, saying when and by which command it was measured."""
+    fresh = {h: lines for h, lines in _blocks(new) if h in headings}
+    blocks = _blocks(old)
+    names = [h for h, _ in blocks]
+    for h in headings:
+        if h not in fresh:
+            continue
+        body = list(fresh[h])
+        while body and not body[-1].strip():
+            body.pop()
+        body += ["", stamp, ""]
+        if h in names:
+            blocks[names.index(h)] = (h, body)
+        else:
+            at = names.index("## Targets") if "## Targets" in names else len(blocks)
+            blocks.insert(at, (h, body))
+            names.insert(at, h)
+    new_rows = [ln for h, lines in _blocks(new) if h == "## Targets" for ln in lines
+                if any(ln.startswith("| " + p) for p in target_prefixes)]
+    if new_rows and "## Targets" in names:
+        i = names.index("## Targets")
+        lines = [ln for ln in blocks[i][1] if not any(ln.startswith("| " + p) for p in target_prefixes)]
+        last = max((j for j, ln in enumerate(lines) if ln.startswith("|")), default=len(lines) - 1)
+        blocks[i] = ("## Targets", lines[:last + 1] + new_rows + lines[last + 1:])
+    return "\n".join(ln for _, lines in blocks for ln in lines).rstrip() + "\n"
 
 
 def reproduce_command(argv: list[str]) -> str:
@@ -2042,6 +2270,8 @@ def main(argv=None) -> int:
                     res[section] = bench_compile(ctx)
                 elif section == "iwae":
                     res[section] = bench_iwae(ctx)
+                elif section == "peers":
+                    res[section] = bench_peers(ctx)
             except Interrupted:  # Ctrl-C / SIGTERM inside relaxrun's train(): stop, do not go on
                 raise
             except Exception as err:  # report, keep the other sections
@@ -2056,7 +2286,13 @@ def main(argv=None) -> int:
     res["max_other_cores"] = max(others) if others else whole["other_cores"]
     res["max_load"] = max([f["load1_max"] for f in figs] or [whole["load1_end"]])
     res["whole_run"] = whole
-    Path(args.out).write_text(render(res))
+    text = render(res)
+    if args.merge:
+        heads = [MERGE_HEADINGS[k] for k in args.sections if k in MERGE_HEADINGS]
+        stamp = (f"*This section: measured {res['started']} – {res['finished']} with `{command}` and merged into this "
+                 "file (`--merge`); the other sections are from the run named at the top.*")
+        text = merge_report(Path(args.merge).read_text(), text, heads, stamp, ("IWAE-",))
+    Path(args.out).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     log.info("wrote %s (%.1f min)", args.out, res["duration_s"] / 60)
