@@ -54,3 +54,19 @@ def relaxrun_exe() -> str:
     if exe is None:
         pytest.fail("the relaxrun console script is not installed (pip install -e '.[dev]')")
     return exe
+
+
+# --------------------------------------------------------------------------------------------------
+# RELAXRUN_TEST_DEVICE=cuda (scripts/device_check.sh sets it): tensors the tests make without naming a
+# device are made there (torch.set_default_device), so the in-process tests run on the GPU; whole
+# relaxrun processes pick CUDA by themselves (device=auto) unless a test names device=cpu.
+
+def pytest_sessionstart(session):
+    device = os.environ.get("RELAXRUN_TEST_DEVICE", "")
+    if not device:
+        return
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise pytest.UsageError(f"RELAXRUN_TEST_DEVICE={device} but torch.cuda.is_available() is False here")
+    torch.set_default_device(device)
