@@ -761,9 +761,10 @@ BERNOULLI_UNITS = 200
 CATEGORICAL = (20, 10)
 
 
-def method_kernel_case(name: str):
-    """(callable doing loss + backward, description) for method ``name`` at the fixed size, or a
-    string saying why it cannot run."""
+def method_kernel_case(name: str, device: torch.device | None = None):
+    """(callable doing loss + backward, description) for method ``name`` at the fixed size on ``device``
+    (the CPU by default), or a string saying why it cannot run."""
+    device = device or torch.device("cpu")
     try:
         cls = get_method_class(name)
         fields = {f.name for f in dataclasses.fields(cls.Config)}
@@ -776,10 +777,10 @@ def method_kernel_case(name: str):
             size = f"{KERNEL_BATCH} x {BERNOULLI_UNITS}"
         else:
             return f"its config has no latent_dim option (fields: {', '.join(sorted(fields))})"
-        method = cls(method_options(name, **kwargs))
+        method = cls(method_options(name, **kwargs)).to(device)
         g = torch.Generator().manual_seed(0)
-        params = torch.randn(KERNEL_BATCH, method.param_dim, generator=g).requires_grad_()
-        x = torch.bernoulli(torch.full((KERNEL_BATCH, method.latent_dim), 0.5), generator=g)
+        params = torch.randn(KERNEL_BATCH, method.param_dim, generator=g).to(device).requires_grad_()
+        x = torch.bernoulli(torch.full((KERNEL_BATCH, method.latent_dim), 0.5), generator=g).to(device)
 
         def decode(z):  # identity: the decoder costs nothing, the kernel is all that is timed
             return z
@@ -795,8 +796,9 @@ def method_kernel_case(name: str):
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
-def raw_kernel_cases() -> dict:
-    """name -> (make(tau) -> callable, family, description)."""
+def raw_kernel_cases(device: torch.device | None = None) -> dict:
+    """name -> (make(tau) -> callable, family, description), the tensors on ``device`` (CPU by default)."""
+    device = device or torch.device("cpu")
     from torch.distributions import RelaxedBernoulli as TorchRelaxedBernoulli
     from torch.distributions import RelaxedOneHotCategorical
 
@@ -806,8 +808,8 @@ def raw_kernel_cases() -> dict:
     def case(shape, body):
         def make(tau: float):
             g = torch.Generator().manual_seed(0)
-            logits = (2 * torch.randn(shape, generator=g)).requires_grad_()
-            w = torch.randn(shape, generator=g)
+            logits = (2 * torch.randn(shape, generator=g)).to(device).requires_grad_()
+            w = torch.randn(shape, generator=g).to(device)
             state = {}
 
             def call():
@@ -931,10 +933,14 @@ SLOWER_KERNELS.update({
 INHERENT_KERNELS = {"correlated_bernoulli", "gumbel_rao", "generalized_gumbel", *SCORE_FUNCTION_KERNELS}
 
 
-def per_call_ms(call: Callable[[], None], calls: int) -> float:
+def per_call_ms(call: Callable[[], None], calls: int, device: torch.device | None = None) -> float:
+    if device is not None:
+        sync(device)
     t0 = time.perf_counter()
     for _ in range(calls):
         call()
+    if device is not None:
+        sync(device)  # the GPU's queue drained: the time of the work, not of its launch
     return 1e3 * (time.perf_counter() - t0) / calls
 
 
@@ -943,19 +949,19 @@ def bench_kernels(ctx: Context) -> dict:
     methods, skipped, fns = {}, {}, {}
     with num_threads(ctx.args.threads or None):
         for name in available_methods():
-            case = method_kernel_case(name)
+            case = method_kernel_case(name, ctx.device)
             if isinstance(case, str):
                 skipped[name] = case
                 continue
             call, size = case
             methods[name] = {"size": size}
-            fns[f"method:{name}"] = (lambda c=call: per_call_ms(c, calls))
-        raw = raw_kernel_cases()
+            fns[f"method:{name}"] = (lambda c=call: per_call_ms(c, calls, ctx.device))
+        raw = raw_kernel_cases(ctx.device)
         accuracy = {}
         for name, (make, family, lib) in raw.items():
             call, _ = make(1.0)
             call()
-            fns[f"raw:{name}"] = (lambda c=call: per_call_ms(c, calls))
+            fns[f"raw:{name}"] = (lambda c=call: per_call_ms(c, calls, ctx.device))
             acc = {}
             for tau in ACCURACY_TAUS:
                 c, state = make(tau)
