@@ -182,8 +182,34 @@ def test_fast_gumbel_max_draws_what_gumbel_max_one_hot_draws_ties_included(monke
     want = gumbel_max_one_hot(logits, (30,))
     torch.manual_seed(7)
     assert torch.equal(families._gumbel_max_one_hot_cpu(logits, (30,)), want)
-    # ties: with no noise and equal logits every key in a row ties; argmax takes the first
-    monkeypatch.setattr(families, "sample_gumbel", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype))
+    torch.manual_seed(8)
+    families._gumbel_max_one_hot_cpu(logits, (30,))
+    after_fast = torch.randn(3)
+    torch.manual_seed(8)
+    gumbel_max_one_hot(logits, (30,))
+    assert torch.equal(after_fast, torch.randn(3))  # the same random stream consumed
+    # ties: with no noise and equal logits every key in a row ties; the draw is redone by the reference,
+    # whose argmax takes the first maximum
+    import relaxrun.distributions.gumbel as gumbel
+
+    def zeros(shape, dtype, device, generator=None):
+        return torch.zeros(shape, dtype=dtype)
+
+    monkeypatch.setattr(families, "sample_gumbel", zeros)
+    monkeypatch.setattr(gumbel, "sample_gumbel", zeros)
     flat = torch.zeros(4, 3, 5)
     hot = families._gumbel_max_one_hot_cpu(flat, (2,))
     assert torch.equal(hot, torch.nn.functional.one_hot(torch.zeros(2, 4, 3, dtype=torch.long), 5).float())
+    # ties in real draws: keys rounded to {0, 1}; the redraw restores the generator, so the draws and the
+    # random stream after them are the reference's
+    def coarse(shape, dtype, device, generator=None):
+        return torch.rand(shape, dtype=dtype).mul_(2).floor_()
+
+    monkeypatch.setattr(families, "sample_gumbel", coarse)
+    monkeypatch.setattr(gumbel, "sample_gumbel", coarse)
+    torch.manual_seed(9)
+    fast, after_fast = families._gumbel_max_one_hot_cpu(flat, (2,)), torch.randn(3)
+    torch.manual_seed(9)
+    ref, after_ref = gumbel_max_one_hot(flat, (2,)), torch.randn(3)
+    assert torch.equal(fast, ref) and torch.equal(after_fast, after_ref)
+    assert (ref.argmax(-1) == 0).float().mean() < 0.9  # the keys were random, not all tied at index 0

@@ -196,8 +196,8 @@ def decoded_log_likelihood(decode: Decoder, z: torch.Tensor, x: torch.Tensor, ro
     """log p(x | z) = -:func:`bernoulli_nll` of ``decode(z)`` for many latent draws, for evaluation
     (the IWAE bound): ``z`` ``[S, B, latent]``, ``x`` ``[B, D]`` -> ``[S, B]``.
 
-    The S draws are decoded ``rows // B`` at a time (``rows``: :data:`DECODE_ROWS` by default), one
-    matrix product per decoder layer, and the per-pixel term is computed in place on the logits
+    The S draws are decoded ``rows // B`` at a time (``rows``: :data:`DECODE_ROWS` on the CPU, all S
+    at once on a GPU), one matrix product per decoder layer, and the per-pixel term is computed in place on the logits
     buffer, with the value of ``binary_cross_entropy_with_logits``: for logit l, target x in [0, 1],
 
         -log p(x | l) = relu(l) - x l + log(1 + exp(-|l|)) = |l| / 2 + (1/2 - x) l - log sigmoid(|l|),
@@ -212,7 +212,9 @@ def decoded_log_likelihood(decode: Decoder, z: torch.Tensor, x: torch.Tensor, ro
     S, B = z.shape[0], z.shape[1]
     half_minus_x = 0.5 - x  # [B, D]
     out = []
-    step = max(1, (rows or DECODE_ROWS) // max(B, 1))
+    if rows is None:  # a GPU has no cache to keep the logits in, and wants few, large launches
+        rows = DECODE_ROWS if z.device.type == "cpu" else S * B
+    step = max(1, rows // max(B, 1))
     for j in range(0, S, step):
         zb = z[j:j + step]
         logits = decode(zb.reshape(-1, zb.shape[-1]))  # [s B, D]: one matrix product per layer

@@ -165,11 +165,13 @@ class CategoricalLatentMethod(Method):
 
 def _gumbel_max_one_hot_cpu(logits: torch.Tensor, sample_shape) -> torch.Tensor:
     """:func:`gumbel_max_one_hot` with the same noise and the same draws, faster on CPU: the one-hot
-    is ``keys == max(keys)`` (torch's CPU argmax over a short last dimension is about 8x the cost of
-    its max); the rare rows where two keys tie in float32 are redone with argmax (first maximum),
-    as the reference does."""
+    is ``keys == max(keys)``, written over the keys (torch's CPU argmax over a short last dimension
+    is about 8x the cost of its max). Where two keys of a row tie in float32 (rare) the draw is made
+    again from the same generator state by the reference, which takes the first maximum."""
+    state = torch.get_rng_state()
     keys = sample_gumbel(torch.Size(sample_shape) + logits.shape, logits.dtype, logits.device).add_(logits)
-    hot = keys == keys.amax(-1, keepdim=True)
-    if int(hot.sum()) != keys.numel() // keys.shape[-1]:  # a tie: more than one maximum in some row
-        return torch.zeros_like(keys).scatter_(-1, keys.argmax(-1, keepdim=True), 1.0)
-    return hot.to(logits.dtype)
+    hot = keys.eq_(keys.amax(-1, keepdim=True))  # 1.0 at the maximum of each row, 0.0 elsewhere
+    if int(hot.sum()) != hot.numel() // hot.shape[-1]:  # a tie: more than one maximum in some row
+        torch.set_rng_state(state)
+        return gumbel_max_one_hot(logits, sample_shape)
+    return hot
