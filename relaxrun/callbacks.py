@@ -106,12 +106,12 @@ class SweepSummary(Callback):
                 _say(f"relaxrun: sweep: {done}/{self._total()} jobs done{now}")
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if launcher_kind(config.hydra.launcher) == "basic":
+        if _multirun(config) and launcher_kind(config.hydra.launcher) == "basic":
             num = int(config.hydra.job.get("num") or 0)
             _say(f"relaxrun: sweep job {num + 1}/{self._total()}: {Path(str(config.hydra.runtime.output_dir)).name}")
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        if launcher_kind(config.hydra.launcher) != "basic":
+        if not _multirun(config) or launcher_kind(config.hydra.launcher) != "basic":
             return
         out = Path(str(config.hydra.runtime.output_dir))
         status = ("ok" if (out / "metrics.json").is_file() and not (out / "error.txt").is_file() else
@@ -198,6 +198,11 @@ def _drop_template_folders(folder: Path) -> None:
                 p.rmdir()
     except OSError:
         pass
+
+
+def _multirun(config: DictConfig) -> bool:
+    """Whether this job is part of a sweep (the callbacks also run for single runs)."""
+    return str(config.hydra.get("mode", "")).endswith("MULTIRUN")
 
 
 def _say(message: str) -> None:

@@ -22,8 +22,10 @@ def start_piped(cmd: str, cwd: Path) -> subprocess.Popen:
     """``cmd`` under bash in its own process group, so SIGINT reaches relaxrun and tee together."""
     env = dict(os.environ, RELAXRUN_PROGRESS_SECONDS="0.2", HYDRA_FULL_ERROR="0")
     env.pop("RELAXRUN_DATA_ROOT", None)
+    # SIGINT as a terminal delivers it: default disposition (a shell's background job would ignore it)
     return subprocess.Popen(["bash", "-c", cmd], cwd=cwd, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -89,13 +91,13 @@ def test_ctrl_c_inside_a_sweep_job_checkpoints_it(relaxrun_exe, mnist_root, tmp_
 def test_ctrl_c_during_the_iwae_bound_keeps_the_training_and_writes_metrics(relaxrun_exe, mnist_root, tmp_path):
     run = tmp_path / "run"
     args = [a for a in FAST if not a.startswith("eval.iwae_samples")]
-    cmd = (f"{relaxrun_exe} data.root={mnist_root} {' '.join(args)} trainer.max_steps=2 eval.iwae_samples=200000 "
+    cmd = (f"{relaxrun_exe} data.root={mnist_root} {' '.join(args)} trainer.max_steps=2 eval.iwae_samples=20000 "
            f"eval.iwae_batch=1 hydra.run.dir={run} | tee {tmp_path / 'tee.log'}")
     proc = start_piped(cmd, tmp_path)
-    wait_for(run / "relaxrun.log", "IWAE-200000:", proc)  # its progress line
+    wait_for(run / "relaxrun.log", "IWAE-20000:", proc)  # its progress line
     rc, _, err = interrupt(proc)
     assert rc == 130 and "Traceback" not in err, err
-    assert "metrics.json written without the IWAE-200000 bound" in err
+    assert "metrics.json written without the IWAE-20000 bound" in err
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 2 and "test_iwae" not in metrics and metrics["test_iwae_interrupted"] is True
     assert (run / "checkpoint.pt").is_file()
@@ -137,3 +139,43 @@ def test_progress_never_raises_when_its_stream_is_gone(monkeypatch):
     stop = [signal.SIGINT]
     with pytest.raises(progress.StopRequested):
         progress.Progress(10, "x", enabled=False, stop=stop).update(1)
+
+
+def test_on_a_terminal_a_bar_with_eta_and_log_lines_on_their_own_lines(relaxrun_exe, mnist_root, tmp_path):
+    """Under a pseudo-terminal: tqdm bars (carriage returns, rate, ETA) for training and the test
+    evaluation, and the epoch's log line is never glued to a bar (tqdm's logging redirection)."""
+    import pty
+
+    env = dict(os.environ, COLUMNS="120", HYDRA_FULL_ERROR="0")
+    env.pop("RELAXRUN_DATA_ROOT", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: relaxrun on a 120-column terminal
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.chdir(tmp_path)
+        os.execve(relaxrun_exe, [relaxrun_exe, f"data.root={mnist_root}", *FAST, "trainer.max_steps=30",
+                                 f"hydra.run.dir={tmp_path / 'run'}"], env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    out = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, out[-2000:]
+    assert "\r" in out and "straight_through:" in out and "30/30" in out and "step/s" in out, out[-2000:]
+    assert "<00:" in out  # elapsed<remaining: the ETA
+    assert "sweep job" not in out  # a single run is not a sweep
+    import re
+
+    logged = [seg for seg in re.split(r"[\r\n]", out) if "epoch 1  step" in seg]
+    assert logged, out[-2000:]
+    for seg in logged:  # the log line stands alone: no bar text glued before or after it
+        assert "step/s" not in seg and "%|" not in seg, repr(seg)
