@@ -41,7 +41,7 @@ if [ ! -d "$DATA_ROOT/MNIST/raw" ]; then
 fi
 
 # 1. the test suite on CUDA (default tier)
-echo "[device_check] 1/3 tests on CUDA (timeout ${TEST_TIMEOUT} s)"
+echo "[device_check] 1/3 tests with RELAXRUN_TEST_DEVICE=$DEV (timeout ${TEST_TIMEOUT} s)"
 t0=$(date +%s)
 RELAXRUN_TEST_DEVICE=$DEV timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider tests > "$WORK/tests.log" 2>&1
 tests_rc=$?
@@ -49,7 +49,7 @@ tests_s=$(( $(date +%s) - t0 ))
 tail -n 25 "$WORK/tests.log"
 
 # 2. a default epoch and the end-of-run IWAE-1000 with device=cuda (a real run, whole process)
-echo "[device_check] 2/3 relaxrun device=cuda, 1 epoch + IWAE-1000"
+echo "[device_check] 2/3 relaxrun device=$DEV, 1 epoch + IWAE-1000"
 RELAXRUN=(relaxrun)
 command -v relaxrun > /dev/null || RELAXRUN=("$PY" -m relaxrun.cli)
 RUN_CMD=("${RELAXRUN[@]}" "device=$DEV" "data.root=$DATA_ROOT" data.download=false trainer.epochs=1 eval.iwae_samples=1000
@@ -61,7 +61,7 @@ run_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 tail -n 5 "$WORK/run.log"
 
 # 3. the kernel table and the IWAE section on the GPU
-echo "[device_check] 3/3 benchmark.py --device cuda --sections kernels,iwae"
+echo "[device_check] 3/3 benchmark.py --device $DEV --sections kernels,iwae"
 BENCH_CMD=(scripts/benchmark.py --device "$DEV" --data-root "$DATA_ROOT" --sections kernels,iwae --repeats 3
            --iwae-images "$IWAE_IMAGES" --gemm-n 8192 --kernel-calls "${KERNEL_CALLS:-200}" --out "$WORK/bench.md" --json "$WORK/bench.json")
 "$PY" "${BENCH_CMD[@]}" > "$WORK/bench.log" 2>&1
