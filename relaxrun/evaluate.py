@@ -62,7 +62,10 @@ def iwae_bound(model: VAE, method: Method, x: torch.Tensor, k: int, batch_size: 
                stop: list[int] | None = None) -> float:
     """Mean over ``x`` of -log (1/k) sum_i p(x, z_i) / q(z_i | x): the IWAE-k negative bound.
 
-    ``progress`` and ``stop`` as in :func:`evaluate` (the report counts images)."""
+    The k draws per image are made ``chunk`` at a time for ``batch_size`` images (this fixes the
+    random stream, so a seed gives the same number whatever the speed path); the methods decode each
+    chunk in a few large matrix products (:func:`relaxrun.methods.base.decoded_log_likelihood`),
+    without autograd. ``progress`` and ``stop`` as in :func:`evaluate` (the report counts images)."""
     tau = method.tau if tau is None else tau
     was_training = model.training
     model.eval()
