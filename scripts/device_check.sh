@@ -13,7 +13,7 @@
 # layout; without it, random digit-sized images are generated and the figures say so), TEST_TIMEOUT
 # (seconds for the test tier, default 240), OUT (a folder that also gets a copy of the logs and figures).
 # Exits 2 at once, saying so, when CUDA is not available. A rehearsal on a machine without one:
-# CHECK_DEVICE=cpu TEST_TIMEOUT=60 IWAE_IMAGES=20 RUN_OVERRIDES="trainer.max_steps=20 eval.iwae_samples=10"
+# CHECK_DEVICE=cpu TEST_TIMEOUT=60 IWAE_IMAGES=5 GEMM_N=256 RUN_OVERRIDES="trainer.max_steps=20 eval.iwae_samples=10"
 # KERNEL_CALLS=5 scripts/device_check.sh runs every step, shortened, on the CPU and
 # writes its figures to OUT (or nowhere), never to benchmarks/gpu.json or BENCHMARKS.md.
 set -uo pipefail
@@ -23,6 +23,7 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
 DEV=${CHECK_DEVICE:-cuda}
 IWAE_IMAGES=${IWAE_IMAGES:-10000}
+if [ "$DEV" = cuda ]; then GEMM_N=${GEMM_N:-8192}; else GEMM_N=${GEMM_N:-1024}; fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/relaxrun-device-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 t_start=$(date +%s)
@@ -63,7 +64,7 @@ tail -n 5 "$WORK/run.log"
 # 3. the kernel table and the IWAE section on the GPU
 echo "[device_check] 3/3 benchmark.py --device $DEV --sections kernels,iwae"
 BENCH_CMD=(scripts/benchmark.py --device "$DEV" --data-root "$DATA_ROOT" --sections kernels,iwae --repeats 3
-           --iwae-images "$IWAE_IMAGES" --gemm-n 8192 --kernel-calls "${KERNEL_CALLS:-200}" --out "$WORK/bench.md" --json "$WORK/bench.json")
+           --iwae-images "$IWAE_IMAGES" --gemm-n "$GEMM_N" --kernel-calls "${KERNEL_CALLS:-200}" --out "$WORK/bench.md" --json "$WORK/bench.json")
 "$PY" "${BENCH_CMD[@]}" > "$WORK/bench.log" 2>&1
 bench_rc=$?
 tail -n 5 "$WORK/bench.log"
@@ -71,13 +72,13 @@ tail -n 5 "$WORK/bench.log"
 FIGS=benchmarks/gpu.json
 [ "$DEV" = cuda ] || FIGS="$WORK/gpu.json"  # a rehearsal: not the GPU's figures
 mkdir -p benchmarks
-"$PY" - "$FIGS" "$DEV" "$WORK" "$tests_rc" "$tests_s" "$run_rc" "$run_ms" "$bench_rc" "$generated" "$DATA_ROOT" "$t_start" "$IWAE_IMAGES" <<'EOF'
+"$PY" - "$FIGS" "$DEV" "$WORK" "$tests_rc" "$tests_s" "$run_rc" "$run_ms" "$bench_rc" "$generated" "$DATA_ROOT" "$t_start" "$IWAE_IMAGES" "$GEMM_N" <<'EOF'
 import json, re, subprocess, sys, time
 from pathlib import Path
 import torch
 
 figs_path, dev = sys.argv[1:3]
-work, tests_rc, tests_s, run_rc, run_ms, bench_rc, generated, data_root, t_start, len_images = sys.argv[3:]
+work, tests_rc, tests_s, run_rc, run_ms, bench_rc, generated, data_root, t_start, len_images, gemm_n = sys.argv[3:]
 work = Path(work)
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
@@ -105,17 +106,18 @@ else:
     figs.append({"what": f"default epoch, device={dev}", "value": f"failed (exit {run_rc}): {tail}", "command": run_cmd})
 sections = {}
 bench_cmd = (f"python scripts/benchmark.py --device {dev} --data-root ... --sections kernels,iwae --repeats 3 "
-             f"--iwae-images {len_images} --gemm-n 8192")
+             f"--iwae-images {len_images} --gemm-n {gemm_n}")
 bj = work / "bench.json"
 if bench_rc == "0" and bj.exists():
     res = json.loads(bj.read_text())
     iw = res.get("iwae")
     if iw:
-        cur = iw["variants"]["relaxrun"]
+        e = next(iter(iw["by_threads"].values()))
+        cur = e["variants"]["relaxrun"]
         figs.append({"what": f"IWAE-{iw['k']} on {iw['images']} test images (benchmark.py iwae section)",
                      "value": f"{cur['s']['median']:.2f} s median; {cur['gflops']['median']:.0f} GFLOP/s, "
                               f"{100 * cur['share_of_gemm']:.0f} % of the float32 GEMM rate "
-                              f"({iw['gemm']['gflops']['median']:.0f} GFLOP/s, {iw['gemm']['n']}³ torch.mm)",
+                              f"({e['gemm']['median']:.0f} GFLOP/s, {iw['gemm_n']}³ torch.mm)",
                      "command": bench_cmd})
     text = (work / "bench.md").read_text()
     for head in ("## 3. Distribution kernels", "## 6. The end-of-run IWAE bound"):
