@@ -1543,7 +1543,10 @@ DECODE_ROWS_SHOWN = __import__("relaxrun.methods.base", fromlist=["DECODE_ROWS"]
 PEERS_HEADING = "## 7. Side by side with relaxit and Pyro"
 GPU_HEADING = "## 8. GPU"
 #: the sections ``--merge`` replaces in an existing report, by heading (the rest of that report is kept)
-MERGE_HEADINGS = {"iwae": IWAE_HEADING, "peers": PEERS_HEADING, "gpu": GPU_HEADING}
+MERGE_HEADINGS = {"iwae": IWAE_HEADING, "peers": PEERS_HEADING, "gpu": GPU_HEADING,
+                  "cli": "## 1c. Commands that only print"}
+#: the Targets rows ``--merge`` replaces (by their first cell's start)
+MERGE_TARGETS = ("IWAE-", "`relaxrun --help`")
 
 
 def gflops(x: float) -> str:
@@ -2263,7 +2266,7 @@ def main(argv=None) -> int:
             heads = [MERGE_HEADINGS[k] for k in sections if k in MERGE_HEADINGS]
             stamp = (f"*This section: measured {res['started']} – {res['finished']} with `{res['command']}` and merged "
                      "into this file (`--merge`); the other sections are from the run named at the top.*")
-            text = merge_report(Path(args.merge).read_text(), text, heads, stamp, ("IWAE-",))
+            text = merge_report(Path(args.merge).read_text(), text, heads, stamp, MERGE_TARGETS)
         Path(args.out).write_text(text)
         return 0
     torch.set_flush_denormal(FLUSH_DENORMAL)  # before the first parallel op: see FLUSH_DENORMAL
@@ -2348,7 +2351,7 @@ def main(argv=None) -> int:
         heads = [MERGE_HEADINGS[k] for k in args.sections if k in MERGE_HEADINGS]
         stamp = (f"*This section: measured {res['started']} – {res['finished']} with `{command}` and merged into this "
                  "file (`--merge`); the other sections are from the run named at the top.*")
-        text = merge_report(Path(args.merge).read_text(), text, heads, stamp, ("IWAE-",))
+        text = merge_report(Path(args.merge).read_text(), text, heads, stamp, MERGE_TARGETS)
     Path(args.out).write_text(text)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
