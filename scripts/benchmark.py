@@ -1544,7 +1544,7 @@ PEERS_HEADING = "## 7. Side by side with relaxit and Pyro"
 GPU_HEADING = "## 8. GPU"
 #: the sections ``--merge`` replaces in an existing report, by heading (the rest of that report is kept)
 MERGE_HEADINGS = {"iwae": IWAE_HEADING, "peers": PEERS_HEADING, "gpu": GPU_HEADING,
-                  "cli": "## 1c. Commands that only print"}
+                  "cli": "## 1c. Commands that only print", "rss": "## 5. Peak memory"}
 #: the Targets rows ``--merge`` replaces (by their first cell's start)
 MERGE_TARGETS = ("IWAE-", "`relaxrun --help`")
 

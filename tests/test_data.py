@@ -112,15 +112,22 @@ def test_evaluation_binarization_is_fixed_and_validation_split(mnist_root):
     assert torch.equal(seen.sort().values, torch.arange(500))  # an epoch is a permutation
 
 
-def test_train_batch_from_stored_thresholds_matches_binarize_of_the_pixels():
-    from relaxrun.data import Data
+def test_train_batch_draws_what_stored_thresholds_would_draw():
+    """The batch's thresholds are computed when it is drawn: the same draws as the float32 copy of the
+    whole set that Data kept before (same values, same random stream), with only the uint8 pixels kept."""
+    from relaxrun.data import Data, binarize_dynamic, dynamic_thresholds
 
     pixels = torch.randint(0, 256, (50, 784), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     data = Data(train=pixels, test=torch.zeros(1, 784), val=None, binarize="dynamic")
-    assert data.thresholds.dtype == torch.float32 and data.thresholds.shape == pixels.shape
+    assert not [f for f in vars(data).values() if isinstance(f, torch.Tensor) and f.dtype == torch.float32
+                and f.shape == pixels.shape]  # no whole-set float copy
     idx = torch.tensor([3, 7, 7, 41])
-    a = data.train_batch(idx, torch.Generator().manual_seed(5))
-    b = binarize(pixels[idx], "dynamic", torch.Generator().manual_seed(5))
-    assert torch.equal(a, b)
+    g_new, g_old = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):  # and the stream stays in step batch after batch
+        a = data.train_batch(idx, g_new)
+        b = binarize_dynamic(dynamic_thresholds(pixels).index_select(0, idx), g_old)
+        assert torch.equal(a, b)
+    assert torch.equal(data.train_batch(idx, torch.Generator().manual_seed(5)),
+                       binarize(pixels[idx], "dynamic", torch.Generator().manual_seed(5)))
     static = Data(train=pixels, test=torch.zeros(1, 784), val=None, binarize="static")
-    assert static.thresholds is None and torch.equal(static.train_batch(idx, None), (pixels[idx] > 127).float())
+    assert torch.equal(static.train_batch(idx, None), (pixels[idx] > 127).float())

@@ -179,3 +179,38 @@ def test_on_a_terminal_a_bar_with_eta_and_log_lines_on_their_own_lines(relaxrun_
     assert logged, out[-2000:]
     for seg in logged:  # the log line stands alone: no bar text glued before or after it
         assert "step/s" not in seg and "%|" not in seg, repr(seg)
+
+
+def test_joblib_jobs_side_by_side_each_keep_their_own_bar_line(relaxrun_exe, mnist_root, tmp_path):
+    """Two joblib jobs on one terminal: each bar is labelled by its job and drawn on its own line
+    (tqdm positions 0 and 1: the second bar is drawn one line down and the cursor moved back up)."""
+    import pty
+
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    env.pop("RELAXRUN_DATA_ROOT", None)
+    pid, fd = pty.fork()
+    if pid == 0:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.chdir(tmp_path)
+        os.execve(relaxrun_exe, [relaxrun_exe, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                 f"data.root={mnist_root}", *FAST, "trainer.max_steps=60", "seed=1,2",
+                                 f"hydra.sweep.dir={tmp_path / 'sweep'}"], env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    out = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, out[-2000:]
+    assert "seed=1 straight_through:" in out and "seed=2 straight_through:" in out, out[-2000:]
+    # the job at position 1 draws below the other and moves the cursor back up (ESC [A)
+    assert "\x1b[A" in out
