@@ -144,32 +144,9 @@ def test_progress_never_raises_when_its_stream_is_gone(monkeypatch):
 def test_on_a_terminal_a_bar_with_eta_and_log_lines_on_their_own_lines(relaxrun_exe, mnist_root, tmp_path):
     """Under a pseudo-terminal: tqdm bars (carriage returns, rate, ETA) for training and the test
     evaluation, and the epoch's log line is never glued to a bar (tqdm's logging redirection)."""
-    import pty
-
-    env = dict(os.environ, COLUMNS="120", HYDRA_FULL_ERROR="0")
-    env.pop("RELAXRUN_DATA_ROOT", None)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: relaxrun on a 120-column terminal
-        import fcntl
-        import struct
-        import termios
-
-        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        os.chdir(tmp_path)
-        os.execve(relaxrun_exe, [relaxrun_exe, f"data.root={mnist_root}", *FAST, "trainer.max_steps=30",
-                                 f"hydra.run.dir={tmp_path / 'run'}"], env)
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    out = b"".join(chunks).decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, out[-2000:]
+    code, out = run_on_a_terminal([relaxrun_exe, f"data.root={mnist_root}", *FAST, "trainer.max_steps=30",
+                                   f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert code == 0, out[-2000:]
     assert "\r" in out and "straight_through:" in out and "30/30" in out and "step/s" in out, out[-2000:]
     assert "<00:" in out  # elapsed<remaining: the ETA
     assert "sweep job" not in out  # a single run is not a sweep
@@ -184,33 +161,37 @@ def test_on_a_terminal_a_bar_with_eta_and_log_lines_on_their_own_lines(relaxrun_
 def test_joblib_jobs_side_by_side_each_keep_their_own_bar_line(relaxrun_exe, mnist_root, tmp_path):
     """Two joblib jobs on one terminal: each bar is labelled by its job and drawn on its own line
     (tqdm positions 0 and 1: the second bar is drawn one line down and the cursor moved back up)."""
+    code, out = run_on_a_terminal([relaxrun_exe, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                   f"data.root={mnist_root}", *FAST, "trainer.max_steps=60", "seed=1,2",
+                                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert code == 0, out[-2000:]
+    assert "seed=1 straight_through:" in out and "seed=2 straight_through:" in out, out[-2000:]
+    # the job at position 1 draws below the other and moves the cursor back up (ESC [A)
+    assert "\x1b[A" in out
+
+
+def run_on_a_terminal(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``argv`` on a 120-column pseudo-terminal; (exit code, everything it wrote)."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
     env.pop("RELAXRUN_DATA_ROOT", None)
     pid, fd = pty.fork()
-    if pid == 0:
-        import fcntl
-        import struct
-        import termios
-
+    if pid == 0:  # the child: the command on the terminal
         fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        os.chdir(tmp_path)
-        os.execve(relaxrun_exe, [relaxrun_exe, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                 f"data.root={mnist_root}", *FAST, "trainer.max_steps=60", "seed=1,2",
-                                 f"hydra.sweep.dir={tmp_path / 'sweep'}"], env)
+        os.chdir(cwd)
+        os.execve(argv[0], argv, env)
     chunks = []
     while True:
         try:
             data = os.read(fd, 4096)
-        except OSError:
+        except OSError:  # the child closed the terminal
             break
         if not data:
             break
         chunks.append(data)
     _, status = os.waitpid(pid, 0)
-    out = b"".join(chunks).decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, out[-2000:]
-    assert "seed=1 straight_through:" in out and "seed=2 straight_through:" in out, out[-2000:]
-    # the job at position 1 draws below the other and moves the cursor back up (ESC [A)
-    assert "\x1b[A" in out
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
